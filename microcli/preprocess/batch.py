@@ -1,0 +1,126 @@
+"""Apply a pipeline to many files: outputs mirror the input tree, inputs are never overwritten."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MicrocliError, OutputExistsError, UsageError
+from ..io import TIFF_EXTENSIONS, FoundImage, read_image, write_image
+from .pipeline import Pipeline
+
+
+@dataclass(frozen=True)
+class Job:
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class FileResult:
+    source: str
+    target: str
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class BatchSummary:
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: list[FileResult] = field(default_factory=list)
+
+    @property
+    def files_per_s(self) -> float:
+        return (self.done + self.failed) / self.seconds if self.seconds else 0.0
+
+
+def output_name(rel: str) -> str:
+    """TIFF stays TIFF; everything else becomes PNG, which holds 16 bits and loses nothing (JPEG would)."""
+    stem, ext = os.path.splitext(rel)
+    return rel if ext.lower() in TIFF_EXTENSIONS else stem + ".png"
+
+
+def plan_jobs(found: Iterable[FoundImage], out_dir: str | Path, *, force: bool = False) -> list[Job]:
+    """Map inputs to outputs under out_dir; refuse collisions, overwriting inputs, or existing outputs."""
+    out_dir = Path(out_dir)
+    jobs, by_target = [], {}
+    sources = set()
+    for f in found:
+        target = out_dir / output_name(f.rel)
+        key = os.path.normcase(os.path.abspath(target))
+        if key in by_target:
+            raise UsageError(f"{f.path} and {by_target[key]} would both be written to {target}; "
+                             "process them in separate runs or folders")
+        by_target[key] = f.path
+        sources.add(os.path.normcase(os.path.realpath(f.path)))
+        jobs.append(Job(f.path, str(target)))
+    for job in jobs:
+        if os.path.normcase(os.path.realpath(job.target)) in sources:
+            raise UsageError(f"{job.target}: output would overwrite an input; choose another output folder")
+    if not force:
+        existing = [j.target for j in jobs if os.path.exists(j.target)]
+        if existing:
+            more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+            raise OutputExistsError(f"{existing[0]}{more} already exist; use --force to overwrite")
+    return jobs
+
+
+def process_one(job: Job, pipeline: Pipeline, max_pixels: int | None, force: bool) -> FileResult:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            img = read_image(job.source, max_pixels=max_pixels)
+            out = pipeline.apply(img.data)
+            write_image(job.target, out, bit_depth=16 if img.bit_depth >= 16 else 8, overwrite=force)
+            error = None
+        except MicrocliError as exc:
+            error = str(exc)
+        except Exception as exc:  # one bad image never kills the batch; the message still names it
+            error = f"{job.source}: {type(exc).__name__}: {exc}"
+    return FileResult(job.source, job.target, error, tuple(str(w.message) for w in caught))
+
+
+def _run_chunk(args) -> list[FileResult]:
+    jobs, pipeline, max_pixels, force = args
+    return [process_one(j, pipeline, max_pixels, force) for j in jobs]
+
+
+def run_batch(jobs: list[Job], pipeline: Pipeline, *, n_jobs: int | None = None, max_pixels: int | None = None,
+              force: bool = False) -> Iterator[FileResult]:
+    """Yield one FileResult per job, in order, working in `n_jobs` processes (default: all cores)."""
+    n_jobs = n_jobs or os.cpu_count() or 1
+    if n_jobs == 1 or len(jobs) <= 2:
+        for j in jobs:
+            yield process_one(j, pipeline, max_pixels, force)
+        return
+    # Small chunks keep the progress bar moving; several per worker keep the pool's overhead low.
+    size = max(1, min(16, len(jobs) // (n_jobs * 4)))
+    chunks = [(jobs[i:i + size], pipeline, max_pixels, force) for i in range(0, len(jobs), size)]
+    with ProcessPoolExecutor(n_jobs) as pool:
+        for results in pool.map(_run_chunk, chunks):
+            yield from results
+
+
+def summarize(results: Iterable[FileResult]) -> Iterator[tuple[FileResult, BatchSummary]]:
+    """Pass results through while keeping a running summary (for progress bars)."""
+    summary = BatchSummary()
+    start = time.perf_counter()
+    for r in results:
+        if r.ok:
+            summary.done += 1
+        else:
+            summary.failed += 1
+            summary.failures.append(r)
+        summary.seconds = time.perf_counter() - start
+        yield r, summary

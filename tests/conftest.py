@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+NEU = REPO.parent / "shared" / "datasets" / "neu-det"
+
+
+def save_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def gray8() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (40, 50), dtype=np.uint8)
+
+
+@pytest.fixture
+def gray16() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 65536, (40, 50), dtype=np.uint16)
+
+
+@pytest.fixture
+def truncated_png(tmp_path, gray8) -> Path:
+    good = save_png(tmp_path / "src.png", gray8)
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    good.unlink()
+    return bad
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small labelled synthetic data set (6 classes x 12 images, 64 px), made once per session."""
+    from microcli.synth import SynthSpec, write_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    list(write_dataset(out, SynthSpec(per_class=12, size=64, seed=3)))
+    return out
