@@ -354,3 +354,15 @@ def find_images(
             yield from walk_images(item, recursive=recursive, exclude=exclude)
         else:
             yield FoundImage(item, os.path.basename(item))
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file header alone, without decoding pixels."""
+    if sniff_format(path) == "tiff":
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return page.shape[page.axes.index("Y")], page.shape[page.axes.index("X")]
+    with Image.open(path) as img:
+        return img.height, img.width

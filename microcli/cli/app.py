@@ -8,6 +8,7 @@ from .. import __version__
 from .common import EXIT_CODES
 from .preprocess import list_ops, preprocess
 from .synth import synth
+from .train import train
 
 app = typer.Typer(
     name="microcli",
@@ -36,6 +37,7 @@ def root(
 app.command()(synth)
 app.command()(preprocess)
 app.command("filters")(list_ops)
+app.command()(train)
 
 
 def main() -> None:

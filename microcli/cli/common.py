@@ -13,8 +13,9 @@ from rich.console import Console
 EXIT_CODES = """Exit codes: 0 success; 1 error (nothing useful done); 2 usage error; 3 partial success (some
 inputs failed, the rest were processed and the failures listed on stderr)."""
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)  # data and tables for people
+# Off a terminal (logs, CI, pipes) rich would assume 80 columns and squeeze the report tables.
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)  # tables for people
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

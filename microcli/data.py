@@ -1,0 +1,280 @@
+"""Labelled data sets: discovery (class folders, split folders, CSV manifests), splits, and image preparation.
+
+`prepare_array` is the one function that turns a file into network input (read, classical pipeline,
+fit to size). Training, evaluation and prediction all call it, so a model sees the same pixels
+everywhere. It uses numpy and Pillow only, so it runs in worker processes without torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError, ImageReadError, MicrocliError
+from .io import has_colour, read_image, walk_images
+from .preprocess import Pipeline
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    label: str
+    group: str | None = None
+
+
+@dataclass
+class Discovered:
+    """What a DATA argument holds: class names (sorted) and items, already split or not."""
+
+    classes: list[str]
+    splits: dict[str, list[Item]]  # "all" when DATA is not split; else some of train/val/test
+    source: str  # "folders", "split-folders" or "manifest"
+
+    @property
+    def presplit(self) -> bool:
+        return "all" not in self.splits
+
+    def items(self) -> list[Item]:
+        return [it for items in self.splits.values() for it in items]
+
+
+def _class_folders(root: Path) -> dict[str, list[Item]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    out = {}
+    for name in classes:
+        out[name] = [Item(f.path, name) for f in walk_images(root / name)]
+    return out
+
+
+def discover(data: str | Path) -> Discovered:
+    """Read a data set: `root/<class>/...`, `root/{train,val,test}/<class>/...`, or a CSV manifest."""
+    data = Path(data)
+    if data.is_file():
+        return _read_manifest(data)
+    if not data.is_dir():
+        raise DataError(f"{data}: no such folder or manifest file")
+    subdirs = {d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    if "train" in subdirs and subdirs <= set(SPLIT_NAMES):
+        splits = {s: _class_folders(data / s) for s in SPLIT_NAMES if s in subdirs}
+        classes = sorted({c for per in splits.values() for c in per})
+        _check_classes(data / "train", splits["train"])
+        return Discovered(classes, {s: [it for c in sorted(per) for it in per[c]] for s, per in splits.items()},
+                          "split-folders")
+    per_class = _class_folders(data)
+    _check_classes(data, per_class)
+    return Discovered(sorted(per_class), {"all": [it for c in sorted(per_class) for it in per_class[c]]}, "folders")
+
+
+def _check_classes(root: Path, per_class: dict[str, list[Item]]) -> None:
+    if not per_class:
+        raise DataError(f"{root}: no class folders; expected {root}/<class name>/<images> "
+                        "(extensions .png .jpg .jpeg .bmp .tif .tiff)")
+    empty = [c for c, items in per_class.items() if not items]
+    if empty:
+        raise DataError(f"{root}: empty class folder(s): {', '.join(repr(c) for c in empty)} "
+                        "(no .png .jpg .jpeg .bmp .tif .tiff files)")
+    if len(per_class) < 2:
+        raise DataError(f"{root}: only one class ({next(iter(per_class))!r}); a classifier needs at least two")
+
+
+def _read_manifest(path: Path) -> Discovered:
+    """CSV with a header `path,label[,group][,split]`; relative paths are relative to the CSV's folder."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip().lower() for c in reader.fieldnames or []]
+        if "path" not in cols or "label" not in cols:
+            raise DataError(f"{path}: a manifest needs a header with 'path' and 'label' columns, got {cols}")
+        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    items: dict[str, list[Item]] = defaultdict(list)
+    for n, row in enumerate(rows, start=2):
+        if not row["path"] or not row["label"]:
+            raise DataError(f"{path}:{n}: empty 'path' or 'label'")
+        p = row["path"] if os.path.isabs(row["path"]) else str(path.parent / row["path"])
+        split = row.get("split") or "all"
+        if split not in (*SPLIT_NAMES, "all"):
+            raise DataError(f"{path}:{n}: split must be train, val or test, got {split!r}")
+        items[split].append(Item(p, row["label"], row.get("group") or None))
+    per_class = Counter(it.label for its in items.values() for it in its)
+    if not per_class:
+        raise DataError(f"{path}: the manifest lists no images")
+    if len(per_class) < 2:
+        raise DataError(f"{path}: only one class ({next(iter(per_class))!r}); a classifier needs at least two")
+    if "all" in items and len(items) > 1:
+        raise DataError(f"{path}: either every row has a split or none does")
+    return Discovered(sorted(per_class), dict(items), "manifest")
+
+
+def split_items(items: Sequence[Item], val_fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """Stratified split; items sharing a group (specimen) always land on the same side."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"--val-split must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[Item]] = defaultdict(list)
+    for it in items:
+        by_class[it.label].append(it)
+    val_ids: set[int] = set()
+    for label in sorted(by_class):
+        members = by_class[label]
+        if len(members) < 2:
+            raise DataError(f"class {label!r} has {len(members)} image(s); at least 2 are needed to train and validate")
+        groups: dict[str, list[Item]] = defaultdict(list)
+        for i, it in enumerate(members):
+            groups[it.group if it.group is not None else f"\0{i}"].append(it)
+        keys = sorted(groups)
+        rng.shuffle(keys)
+        target = max(1, round(val_fraction * len(members)))
+        taken = 0
+        for k in keys:
+            size = len(groups[k])
+            if taken >= target:
+                break
+            if taken + size >= len(members) or (taken and taken + size > 1.5 * target):
+                continue  # keep something to train on; do not overshoot the fraction much
+            val_ids.update(id(x) for x in groups[k])
+            taken += size
+        if taken == 0:
+            raise DataError(f"class {label!r}: its images come from one group, so none can be held out for validation")
+    # Group integrity across classes: a group whose images span classes must not straddle the split.
+    group_side: dict[str, set[bool]] = defaultdict(set)
+    for it in items:
+        if it.group is not None:
+            group_side[it.group].add(id(it) in val_ids)
+    straddling = sorted(g for g, sides in group_side.items() if len(sides) > 1)
+    for it in items:
+        if it.group in straddling:
+            val_ids.discard(id(it))
+    train = [it for it in items if id(it) not in val_ids]
+    val = [it for it in items if id(it) in val_ids]
+    return train, val
+
+
+def write_split_csv(path: str | Path, splits: dict[str, list[Item]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "group", "split"])
+        for split, items in splits.items():
+            for it in items:
+                w.writerow([it.path, it.label, it.group or "", split])
+
+
+def read_split_csv(path: str | Path) -> dict[str, list[Item]]:
+    out: dict[str, list[Item]] = defaultdict(list)
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            out[row["split"]].append(Item(row["path"], row["label"], row["group"] or None))
+    return dict(out)
+
+
+# --- turning files into network input ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a file becomes a (C, S, S) array; stored in every model bundle."""
+
+    channels: int = 1
+    img_size: int = 128
+    fit: str = "resize"  # resize: shorter side to S then centre crop; crop: native scale
+    pipeline: tuple = ()  # Pipeline.to_list() as a tuple of dicts
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"channels": self.channels, "img_size": self.img_size, "fit": self.fit,
+                "pipeline": list(self.pipeline), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        return cls(int(d["channels"]), int(d["img_size"]), str(d["fit"]), tuple(d.get("pipeline", ())),
+                   tuple(d.get("mean", ())), tuple(d.get("std", ())))
+
+    def get_pipeline(self) -> Pipeline:
+        return Pipeline.from_list(list(self.pipeline))
+
+
+def _resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize with antialiasing (Pillow 'F' images), channel by channel."""
+    if arr.shape[:2] == (height, width):
+        return arr
+    if arr.ndim == 3:
+        return np.stack([_resize(arr[..., c], height, width) for c in range(arr.shape[2])], -1)
+    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
+
+
+def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
+    """resize: shorter side to `size`, centre crop to size x size. crop: keep the native pixel scale
+    (only images whose shorter side is below `size` are enlarged to it)."""
+    h, w = arr.shape[:2]
+    short = min(h, w)
+    if fit == "resize" or short < size:
+        scale = size / short
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        arr = _resize(arr, nh, nw)
+    if fit == "resize":
+        h, w = arr.shape[:2]
+        top, left = (h - size) // 2, (w - size) // 2
+        arr = arr[top:top + size, left:left + size]
+    return arr
+
+
+def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) -> np.ndarray:
+    """File -> float32 (C, H, W): read at the model's channel count, pipeline, fit. Not yet normalised."""
+    pipeline = spec.get_pipeline()
+    hint = spec.img_size if (spec.fit == "resize" and not pipeline) else None
+    img = read_image(path, mode="gray" if spec.channels == 1 else "rgb", max_pixels=max_pixels, size_hint=hint)
+    arr = pipeline.apply(img.data) if pipeline else img.data
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    if arr.ndim == 2 and spec.channels == 3:
+        arr = np.repeat(arr[..., None], 3, -1)
+    arr = fit_array(arr, spec.img_size, spec.fit)
+    return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), dtype=np.float32)
+
+
+@dataclass
+class Loaded:
+    arrays: list[np.ndarray | None]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _prepare_or_error(args) -> np.ndarray | str:
+    path, spec, max_pixels = args
+    try:
+        return prepare_array(path, spec, max_pixels=max_pixels)
+    except MicrocliError as exc:
+        return str(exc)
+    except Exception as exc:  # any decoder surprise becomes a per-file error, never a dead run
+        return f"{path}: {type(exc).__name__}: {exc}"
+
+
+def prepare_many(paths: Sequence[str], spec: InputSpec, *, workers: int = 0, max_pixels: int | None = None,
+                 chunksize: int = 16) -> Iterator[np.ndarray | str]:
+    """prepare_array over many files, in order, in `workers` processes (0: in this process).
+    Yields the array, or the error message (naming the file) for a file that failed."""
+    args = ((p, spec, max_pixels) for p in paths)
+    if workers <= 0 or len(paths) < 2 * chunksize:
+        yield from map(_prepare_or_error, args)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(_prepare_or_error, args, chunksize=chunksize)
+
+
+def detect_channels(paths: Iterable[str], *, max_pixels: int | None = None) -> int:
+    """1 when every readable image is grayscale (channels equal within JPEG noise), else 3."""
+    for p in paths:
+        try:
+            if has_colour(read_image(p, mode="auto", max_pixels=max_pixels).data):
+                return 3
+        except ImageReadError:
+            continue
+    return 1

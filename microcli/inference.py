@@ -1,0 +1,130 @@
+"""Running a trained model: device and precision choice, normalisation, batching, TTA.
+
+Training's final report, `evaluate` and `predict` all go through `Predictor`, so the same image gives the
+same probabilities whichever command computed them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import Bundle
+from .data import InputSpec
+from .errors import UsageError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: Apple MPS is not available")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_dtype(precision: str, device: torch.device, *, training: bool) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32.
+
+    auto: bf16 on CUDA GPUs that support it (else fp16); fp32 on CPU, where measured bf16 autocast on
+    AVX-512-BF16 CPUs was not faster for these small convnets (see README, benchmarks).
+    """
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_bf16():
+            raise UsageError("--precision bf16: this CPU has no bf16 support; use fp32")
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this device")
+        return torch.float16
+    raise UsageError(f"unknown precision {precision!r}")
+
+
+def set_threads(threads: int = 0) -> None:
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+def center_crop(arr: np.ndarray, size: int) -> np.ndarray:
+    h, w = arr.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return arr[..., top:top + size, left:left + size]
+
+
+def stack_eval(arrays: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
+    """The evaluation view of prepared arrays: centre crops at native scale (fit=crop), then a batch."""
+    return torch.from_numpy(np.stack([center_crop(a, spec.img_size) for a in arrays]))
+
+
+def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of the square (flips and 90-degree rotations); 4 flips for non-square inputs."""
+    views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+    if x.shape[-1] == x.shape[-2]:
+        t = x.transpose(-1, -2)
+        views += [t, t.flip(-1), t.flip(-2), t.flip(-1).flip(-2)]
+    return views
+
+
+class Predictor:
+    """A loaded bundle ready to turn prepared arrays into softmax probabilities."""
+
+    def __init__(self, bundle: Bundle, *, device: str = "auto", precision: str = "auto", tta: bool = False,
+                 channels_last: bool | None = None):
+        self.bundle = bundle
+        self.spec = bundle.input
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(precision, self.device, training=False)
+        self.tta = tta
+        self.model = bundle.build_model().to(self.device)
+        # channels_last helps the ResNets' convolutions (oneDNN / cuDNN); LeNet is too small to care.
+        self.channels_last = bundle.arch.startswith("resnet") if channels_last is None else channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.bundle.classes
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = normalize(x.to(self.device, non_blocking=True), self.spec)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            if not self.tta:
+                return self.model(x).float()
+            return torch.stack([F.softmax(self.model(v).float(), 1) for v in tta_views(x)]).mean(0).log()
+
+    def probs(self, x: torch.Tensor) -> np.ndarray:
+        return F.softmax(self.logits(x), 1).cpu().numpy()
+
+    def predict_arrays(self, arrays: Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        out = [self.probs(stack_eval(arrays[i:i + batch_size], self.spec)) for i in range(0, len(arrays), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)

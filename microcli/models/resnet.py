@@ -1,0 +1,50 @@
+"""torchvision ResNets with the stem adapted to the input's channel count."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from ..errors import CheckpointError, UsageError
+
+_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
+_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
+
+
+def build(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    model = _BUILDERS[name](weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights; needs the network (or torch's cache) and says so if offline."""
+    weights = getattr(tvm, _WEIGHTS[name]).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, socket errors, hash mismatch
+        raise UsageError(
+            f"--pretrained imagenet: could not fetch {weights.url} ({type(exc).__name__}: {exc}). "
+            "Offline? Download the file elsewhere and pass it with --pretrained PATH."
+        ) from None
+
+
+def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Fit pretrained weights to this model: 3-channel stem summed to 1 channel; a classifier head of
+    another size is left at its fresh initialisation. Returns the weights that were not used."""
+    own = model.state_dict()
+    state = dict(state)
+    w = state.get("conv1.weight")
+    if w is not None and w.shape[1] != own["conv1.weight"].shape[1]:
+        if own["conv1.weight"].shape[1] != 1:
+            raise CheckpointError(f"{source}: stem has {w.shape[1]} input channels, model has "
+                                  f"{own['conv1.weight'].shape[1]}")
+        state["conv1.weight"] = w.sum(dim=1, keepdim=True)
+    skipped = {k: v for k, v in state.items() if k not in own or own[k].shape != v.shape}
+    missing = [k for k in own if k not in state and not k.startswith("fc.")]
+    if missing:
+        raise CheckpointError(f"{source}: not a {type(model).__name__} state_dict (missing {missing[:3]}...)")
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    return skipped

@@ -1,0 +1,226 @@
+"""Rendering confusion reports and training curves: rich tables for people, CSV/JSON/PNG files for programs.
+
+The library builds renderables and files; it never prints. The CLI decides where tables go.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def summary_table(report: dict, title: str = "summary") -> Table:
+    o = report["overall"]
+    t = Table(title=title, show_header=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    rows = [("images", str(o["images"])), ("accuracy", _pct(o["accuracy"]) + " %"),
+            ("balanced accuracy", _pct(o["balanced_accuracy"]) + " %"), ("macro F1", _num(o["macro_f1"])),
+            ("macro precision / recall", f"{_num(o['macro_precision'])} / {_num(o['macro_recall'])}"),
+            ("weighted F1", _num(o["weighted_f1"])), (f"top-{o['top_k']} accuracy", _pct(o["top_k_accuracy"]) + " %"),
+            ("log loss", _num(o["log_loss"], 4)), ("expected calibration error", _num(o["ece"], 4))]
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def per_class_table(report: dict) -> Table:
+    t = Table(title="per class (conf.: mean softmax confidence of right / wrong predictions)")
+    t.add_column("class", no_wrap=True)
+    for col in ("precision", "recall", "F1", "support", "predicted", "conf. right", "conf. wrong"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for c in report["per_class"]:
+        t.add_row(c["class"], _num(c["precision"]), _num(c["recall"]), _num(c["f1"]), str(c["support"]),
+                  str(c["predicted"]), _num(c["mean_confidence_correct"]), _num(c["mean_confidence_wrong"]))
+    return t
+
+
+def confusion_table(report: dict) -> Table:
+    """Counts, each cell shaded by its row-normalised share (green diagonal, red confusions)."""
+    classes = report["classes"]
+    counts, norm = report["confusion"]["counts"], report["confusion"]["normalized"]
+    t = Table(title="confusion matrix (rows: true, columns: predicted)")
+    t.add_column("true \\ predicted", no_wrap=True)
+    for c in classes:
+        t.add_column(c, justify="right", overflow="fold", min_width=min(len(c), 12))
+    for i, c in enumerate(classes):
+        cells = []
+        for j in range(len(classes)):
+            share = norm[i][j]
+            if counts[i][j] == 0:
+                style = "dim"
+            elif i == j:
+                style = "bold green" if share >= 0.9 else "green"
+            else:
+                style = "bold red" if share >= 0.1 else "red"
+            cells.append(Text(str(counts[i][j]), style=style))
+        t.add_row(c, *cells)
+    return t
+
+
+def confused_pairs_text(report: dict, n: int = 5) -> Text:
+    pairs = report["most_confused"][:n]
+    if not pairs:
+        return Text("no confusions", style="green")
+    lines = ["most confused (true -> predicted):"]
+    lines += [f"  {p['true']} -> {p['predicted']}: {p['count']}" for p in pairs]
+    return Text("\n".join(lines))
+
+
+def report_renderable(report: dict, title: str = "summary") -> Group:
+    return Group(summary_table(report, title), per_class_table(report), confusion_table(report),
+                 confused_pairs_text(report))
+
+
+def report_text(report: dict, title: str = "summary", width: int = 120) -> str:
+    console = Console(width=width, record=True, file=open(os.devnull, "w"), color_system=None)
+    console.print(report_renderable(report, title))
+    return console.export_text()
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+def _atomic_write(path: str | Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path, obj) -> None:
+    _atomic_write(path, lambda fh: (json.dump(obj, fh, indent=2), fh.write("\n")))
+
+
+def _write_rows(path, header: Sequence[str], rows) -> None:
+    def write(fh):
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+    _atomic_write(path, write)
+
+
+def write_per_class_csv(path, report: dict) -> None:
+    keys = ["class", "precision", "recall", "f1", "support", "predicted", "mean_confidence_correct",
+            "mean_confidence_wrong"]
+    _write_rows(path, keys, ([c[k] if c[k] is not None else "" for k in keys] for c in report["per_class"]))
+
+
+def write_confusion_csv(path, report: dict) -> None:
+    """Counts with class names on both axes: first column the true class, header the predicted ones."""
+    classes = report["classes"]
+    _write_rows(path, ["true\\predicted", *classes],
+                ([c, *row] for c, row in zip(classes, report["confusion"]["counts"])))
+
+
+def write_misclassified_csv(path, report: dict) -> None:
+    keys = ["path", "true", "predicted", "p_true", "p_predicted"]
+    _write_rows(path, keys, ([m[k] for k in keys] for m in report["misclassified"]))
+
+
+def plot_confusion(path, report: dict) -> None:
+    """Counts and row-normalised matrices side by side; long class names wrap, the figure grows with K."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    classes = report["classes"]
+    k = len(classes)
+    labels = [textwrap.fill(c.replace("_", " "), 14) for c in classes]
+    counts = np.array(report["confusion"]["counts"])
+    norm = np.array(report["confusion"]["normalized"])
+    side = max(4.0, 0.7 * k + 2.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side + 0.8), constrained_layout=True)
+    for ax, mat, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(title)
+        ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=9)
+        ax.set_yticks(range(k), labels, fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if k <= 30:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=8,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="share of the true class")
+    acc = report["overall"]["accuracy"]
+    fig.suptitle(f"{report['overall']['images']} images, accuracy {100 * acc:.1f} %")
+    _save_fig(fig, path)
+
+
+def _save_fig(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def plot_curves(path, rows: Sequence[dict]) -> None:
+    """Loss and accuracy per epoch, train and validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
+    a.plot(ep, [r["val_loss"] for r in rows], "o-", label="validation")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    b.plot(ep, [r["train_acc"] for r in rows], "o-", label="train accuracy")
+    b.plot(ep, [r["val_acc"] for r in rows], "o-", label="validation accuracy")
+    b.plot(ep, [r["val_macro_f1"] for r in rows], "s--", label="validation macro F1")
+    b.set(xlabel="epoch", ylabel="score", title="accuracy", ylim=(0, 1.02))
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save_fig(fig, path)
+
+
+def write_report_files(folder, report: dict, *, stem: str = "") -> dict[str, Path]:
+    """The report as files in `folder`: json, txt, per-class/confusion/misclassified CSV, confusion PNG."""
+    folder = Path(folder)
+    files = {
+        "json": folder / f"{stem}report.json", "text": folder / f"{stem}report.txt",
+        "per_class": folder / f"{stem}per_class.csv", "confusion_csv": folder / f"{stem}confusion.csv",
+        "misclassified": folder / f"{stem}misclassified.csv", "plot": folder / f"{stem}confusion.png",
+    }
+    write_json(files["json"], report)
+    _atomic_write(files["text"], lambda fh: fh.write(report_text(report)))
+    write_per_class_csv(files["per_class"], report)
+    write_confusion_csv(files["confusion_csv"], report)
+    write_misclassified_csv(files["misclassified"], report)
+    plot_confusion(files["plot"], report)
+    return files
