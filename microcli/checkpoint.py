@@ -92,10 +92,11 @@ def load_bundle(model: str | Path) -> Bundle:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln or "GLOBAL" in ln]
-        first = (lines[0] if lines else str(exc).strip().splitlines()[-1] if str(exc).strip() else "")[:200]
+        refused = [ln.strip() for ln in str(exc).splitlines() if "global" in ln.lower()]
+        if not refused:
+            raise CheckpointError(f"{path}: not a readable model file (neither a torch zip nor a pickle)") from None
         raise CheckpointError(f"{path}: not a microcli model bundle; it holds objects that only unpickling "
-                              f"arbitrary code could load, which microcli never does ({first})") from None
+                              f"arbitrary code could load, which microcli never does ({refused[0][:200]})") from None
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable model file ({type(exc).__name__}: {str(exc)[:160]})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:

@@ -295,7 +295,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
         raise UsageError(f"unknown architecture {cfg.arch!r} (choices: {', '.join(REGISTRY)})")
     Pipeline.parse(cfg.preprocess)  # option errors before any file is read
     device = pick_device(cfg.device)
-    amp_dtype = pick_dtype(cfg.precision, device, training=True)
+    amp_dtype = pick_dtype(cfg.precision, device)
     ddp = init_distributed(device)
     if ddp.world > 1 and device.type == "cuda":
         device = torch.device("cuda", ddp.local_rank)
@@ -359,7 +359,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
         load_pretrained(model, cfg.arch, cfg.pretrained)
     if previous is not None:
         model.load_state_dict(previous.state_dict)
-    channels_last = cfg.arch.startswith("resnet")
+    channels_last = True  # measured faster for every registry model on CPU (oneDNN) and GPU
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     net: nn.Module = model
     if ddp.world > 1:

@@ -1,0 +1,284 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from microcli.checkpoint import load_bundle
+from microcli.cli.app import app
+from microcli.data import Item, split_items
+from microcli.errors import CheckpointError, DataError, OutputExistsError
+from microcli.inference import Predictor, stack_eval
+from microcli.models import REGISTRY, create_model
+from microcli.train import TrainConfig, fit
+
+from .conftest import REPO
+
+SAMPLE = REPO / "sample_images"
+runner = CliRunner()
+
+
+def small(tmp_path, name="run", **kw) -> TrainConfig:
+    base = dict(data=str(SAMPLE), out=str(tmp_path / name), arch="lenet", epochs=2, workers=0, img_size=48)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory):
+    """LeNet trained 8 epochs on sample_images, shared by the tests that only read the run."""
+    out = tmp_path_factory.mktemp("lenet") / "run"
+    result = fit(TrainConfig(str(SAMPLE), str(out), arch="lenet", epochs=8, workers=0))
+    return result
+
+
+def test_lenet_learns_well_above_chance_and_writes_the_run(lenet_run):
+    run = lenet_run.run_dir
+    for name in ("best.pt", "last.pt", "config.json", "split.csv", "metrics.csv", "curves.png", "val_report.json",
+                 "val_report.txt", "val_per_class.csv", "val_confusion.csv", "val_confusion.png", "val_misclassified.csv"):
+        assert (run / name).is_file(), name
+    chance = 1 / 6
+    assert lenet_run.best_score > 2.5 * chance  # macro-F1 on the held-out 20 %
+    assert lenet_run.report["overall"]["accuracy"] >= 0.5
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds",
+                            "images_per_s"}
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["arch"] == "lenet" and cfg["resolved"]["channels"] == 1
+    assert cfg["resolved"]["input"]["img_size"] == 96  # auto: the images' side
+
+
+def test_bundle_loads_with_weights_only_and_gives_the_same_logits(lenet_run):
+    raw = torch.load(lenet_run.run_dir / "best.pt", map_location="cpu", weights_only=True)
+    assert raw["format"] == "microcli-model" and raw["format_version"] == 1
+    assert raw["classes"] == sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
+    assert raw["input"]["channels"] == 1 and len(raw["input"]["mean"]) == 1
+    assert {"microcli", "torch", "torchvision"} <= set(raw["versions"])
+    model = create_model(raw["arch"], len(raw["classes"]), raw["input"]["channels"])
+    model.load_state_dict(raw["state_dict"])
+    model.eval()
+    bundle = load_bundle(lenet_run.run_dir)
+    from microcli.data import prepare_array
+
+    files = sorted(SAMPLE.glob("*/*.png"))[:5]
+    x = stack_eval([prepare_array(str(f), bundle.input) for f in files], bundle.input)
+    mean = torch.tensor(raw["input"]["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(raw["input"]["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        direct = model((x - mean) / std)
+    got = Predictor(bundle, precision="fp32").logits(x)
+    torch.testing.assert_close(got, direct, rtol=1e-4, atol=1e-4)
+
+
+def test_split_csv_has_every_image_once(lenet_run):
+    rows = list(csv.DictReader(open(lenet_run.run_dir / "split.csv")))
+    assert len(rows) == 192 and len({r["path"] for r in rows}) == 192
+    val = [r for r in rows if r["split"] == "val"]
+    assert len(val) == 36 and {r["label"] for r in val} == {p.name for p in SAMPLE.iterdir() if p.is_dir()}
+
+
+def test_resume_continues_from_the_next_epoch(tmp_path):
+    first = fit(small(tmp_path, epochs=2))
+    assert [r["epoch"] for r in first.rows] == [1, 2]
+    from microcli.train import resume_config
+
+    second = fit(resume_config(tmp_path / "run", epochs=4), resume=True)
+    assert [r["epoch"] for r in second.rows] == [1, 2, 3, 4]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert load_bundle(tmp_path / "run" / "last.pt").training_state["epoch"] == 4
+
+
+def test_resume_with_other_classes_is_refused(tmp_path):
+    fit(small(tmp_path, epochs=1))
+    other = tmp_path / "other"
+    for c in ("equiaxed", "lamellar"):
+        shutil.copytree(SAMPLE / c, other / c)
+    from microcli.train import resume_config
+
+    with pytest.raises(DataError, match=r"--resume: the run was trained on classes \[.*\], but .* has \['equiaxed', 'lamellar'\]"):
+        fit(resume_config(tmp_path / "run", epochs=2, data=str(other)), resume=True)
+
+
+def test_existing_run_folder_needs_force(tmp_path):
+    fit(small(tmp_path, epochs=1))
+    with pytest.raises(OutputExistsError, match="run folder exists and is not empty; use --force"):
+        fit(small(tmp_path, epochs=1))
+    fit(small(tmp_path, epochs=1, force=True))
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": "microcli-model", "evil": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil\.pt: not a microcli model bundle; .*never does"):
+        load_bundle(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_non_bundle_files_are_refused(tmp_path):
+    torch.save(create_model("lenet", 3).state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(CheckpointError, match="not a microcli model bundle"):
+        load_bundle(tmp_path / "sd.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable model file"):
+        load_bundle(tmp_path / "junk.pt")
+
+
+def test_groups_never_straddle_the_split():
+    items = [Item(f"{c}_{g}_{i}.png", c, f"specimen-{c}-{g}") for c in "ab" for g in range(6) for i in range(4)]
+    train, val = split_items(items, 0.3, seed=1)
+    assert {it.group for it in train}.isdisjoint({it.group for it in val})
+    assert {it.label for it in val} == {"a", "b"} and len(train) + len(val) == len(items)
+
+
+def test_split_is_stratified_and_seeded():
+    items = [Item(f"{c}{i}", c) for c in "abc" for i in range(10)]
+    train, val = split_items(items, 0.2, seed=0)
+    assert sorted(it.label for it in val) == ["a", "a", "b", "b", "c", "c"]
+    assert split_items(items, 0.2, seed=0)[1] == val and split_items(items, 0.2, seed=5)[1] != val
+
+
+def make_classes(root: Path, spec: dict[str, int]) -> Path:
+    for name, n in spec.items():
+        (root / name).mkdir(parents=True)
+        for f in sorted((SAMPLE / "lamellar").glob("*.png"))[:n]:
+            shutil.copy(f, root / name / f.name)
+    return root
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"grain boundaries": 3, "empty one": 0}, r"empty class folder\(s\): 'empty one'"),
+    ({"only": 4}, r"only one class \('only'\); a classifier needs at least two"),
+    ({"a": 3, "b b": 1}, r"class 'b b' has 1 image\(s\); at least 2 are needed"),
+])
+def test_bad_data_sets_fail_before_training(tmp_path, spec, message):
+    data = make_classes(tmp_path / "data", spec)
+    with pytest.raises(DataError, match=message):
+        fit(small(tmp_path, data=str(data)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_images_are_skipped_and_listed_or_fail_with_strict(tmp_path, truncated_png):
+    data = make_classes(tmp_path / "data", {"grain boundaries (etched)": 6, "pearlite, coarse": 6})
+    shutil.copy(truncated_png, data / "pearlite, coarse" / "zz_broken.png")
+    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", "--workers", "0",
+                            "--img-size", "32"])
+    assert r.exit_code == 3, r.stderr
+    assert "zz_broken.png: truncated or corrupt image data" in r.stderr
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert "zz_broken.png" in (tmp_path / "run" / "skipped.csv").read_text()
+    assert load_bundle(tmp_path / "run").classes == ["grain boundaries (etched)", "pearlite, coarse"]
+    with pytest.raises(DataError, match=r"zz_broken\.png: truncated .*--strict"):
+        fit(small(tmp_path, name="strict", data=str(data), strict=True))
+
+
+def test_manifest_with_groups(tmp_path):
+    rows = [("path", "label", "group")]
+    for c in ("equiaxed", "porosity"):
+        for i, f in enumerate(sorted((SAMPLE / c).glob("*.png"))[:12]):
+            rows.append((str(f), c, f"{c}-specimen-{i // 3}"))
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    fit(small(tmp_path, data=str(tmp_path / "m.csv"), epochs=1, val_split=0.25))
+    split = list(csv.DictReader(open(tmp_path / "run" / "split.csv")))
+    sides = {}
+    for r in split:
+        sides.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in sides.values()) and any("val" in s for s in sides.values())
+
+
+@pytest.mark.parametrize("arch", list(REGISTRY))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_registry_model_trains_saves_and_reloads(arch, channels, tmp_path):
+    model = create_model(arch, 4, channels)
+    x = torch.randn(2, channels, 64, 64)
+    out = model(x)
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    again = create_model(arch, 4, channels)
+    again.load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True))
+    model.eval(), again.eval()
+    torch.testing.assert_close(model(x), again(x))
+
+
+def test_pretrained_state_dict_file_is_adapted_to_one_channel(tmp_path):
+    import torchvision
+
+    tv = torchvision.models.resnet18(weights=None)
+    torch.save(tv.state_dict(), tmp_path / "r18.pth")
+    from microcli.models import load_pretrained
+
+    model = create_model("resnet18", 6, 1)
+    skipped = load_pretrained(model, "resnet18", str(tmp_path / "r18.pth"))
+    assert skipped == ["fc.bias", "fc.weight"]
+    torch.testing.assert_close(model.conv1.weight, tv.conv1.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(model.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+
+
+def test_resnet18_trains_end_to_end_via_cli(tmp_path):
+    r = runner.invoke(app, ["train", str(SAMPLE), "-o", str(tmp_path / "r18"), "--arch", "resnet18", "--epochs", "1",
+                            "--img-size", "32", "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == ""
+    assert "epoch   1/1" in r.stderr and "confusion matrix" in r.stderr
+    assert load_bundle(tmp_path / "r18").arch == "resnet18"
+
+
+def test_list_models_on_stdout():
+    r = runner.invoke(app, ["train", "--list-models"])
+    assert r.exit_code == 0 and all(name in r.stdout for name in REGISTRY)
+
+
+def test_torchrun_two_processes_write_one_bundle(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "microcli", "train", str(SAMPLE), "-o", str(tmp_path / "ddp"), "--epochs", "2", "--img-size", "32",
+           "--workers", "0", "--threads", "1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = tmp_path / "ddp"
+    assert sorted(f.name for f in run.glob("*.pt")) == ["best.pt", "last.pt"]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["resolved"]["world_size"] == 2
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert p.stderr.count("epoch   2/2") == 1  # only rank 0 reports
+
+
+def test_ctrl_c_writes_last_pt_and_prints_the_resume_command(tmp_path):
+    cmd = [sys.executable, "-m", "microcli", "train", str(SAMPLE), "-o", str(tmp_path / "run"), "--epochs", "500",
+           "--workers", "0", "--img-size", "64"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        lines.append(line)
+        if line.startswith("epoch   2/500"):
+            break
+    p.send_signal(signal.SIGINT)
+    rest = p.stderr.read()
+    assert p.wait(timeout=60) == 130, "".join(lines) + rest
+    assert f"microcli train --resume {tmp_path / 'run'}" in rest
+    state = load_bundle(tmp_path / "run" / "last.pt").training_state
+    assert state["epoch"] >= 2
+    assert np.isfinite(state["best_score"])
