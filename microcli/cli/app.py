@@ -6,6 +6,9 @@ import typer
 
 from .. import __version__
 from .common import EXIT_CODES
+from .evaluate import evaluate
+from .info import info
+from .predict import predict
 from .preprocess import list_ops, preprocess
 from .synth import synth
 from .train import train
@@ -38,6 +41,9 @@ app.command()(synth)
 app.command()(preprocess)
 app.command("filters")(list_ops)
 app.command()(train)
+app.command()(evaluate)
+app.command()(predict)
+app.command()(info)
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import typer
 from rich.console import Console
 
-EXIT_CODES = """Exit codes: 0 success; 1 error (nothing useful done); 2 usage error; 3 partial success (some
-inputs failed, the rest were processed and the failures listed on stderr)."""
+EXIT_CODES = ("Exit codes: 0 success; 1 error (nothing useful done); 2 usage error; 3 partial success "
+              "(some inputs failed, the rest were processed and the failures listed on stderr).")
 
 # Off a terminal (logs, CI, pipes) rich would assume 80 columns and squeeze the report tables.
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .common import errors_to_exit, out
+from .evaluate import ReportFormat
+
+
+def info(
+    model: Path = typer.Argument(..., help="A model bundle (.pt) or a run folder (its best.pt)."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", "-f", help="table or json."),
+) -> None:
+    """Show what a model bundle holds: architecture, parameters, classes, input, preprocessing, training
+    data and final metrics, versions. Loads nothing but plain data (weights_only).
+
+    Example: microcli info runs/lenet --format json | jq .classes
+    """
+    from ..checkpoint import load_bundle
+
+    with errors_to_exit():
+        b = load_bundle(model)
+    data = {
+        "path": b.path, "arch": b.arch,
+        "parameters": int(sum(t.numel() for k, t in b.state_dict.items() if not k.endswith(("running_mean",
+                              "running_var", "num_batches_tracked")))),
+        "classes": b.classes, "input": b.input.to_dict(),
+        "preprocess": str(b.input.get_pipeline()) or None, "data": b.data_summary, "metrics": b.metrics,
+        "train_config": b.train_config, "versions": b.versions,
+        "resumable": b.training_state is not None,
+    }
+    if fmt == ReportFormat.json:
+        print(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"model bundle {b.path}", show_header=False)
+    t.add_column("field", style="bold")
+    t.add_column("value", overflow="fold")
+    spec = b.input
+    rows = [("architecture", b.arch), ("parameters", f"{data['parameters']:,}"),
+            ("classes", f"{len(b.classes)}: " + ", ".join(b.classes)),
+            ("input", f"{spec.channels} channel(s), {spec.img_size} x {spec.img_size} px, fit={spec.fit}"),
+            ("normalisation", "mean " + ", ".join(f"{m:.4f}" for m in spec.mean) + "; std "
+             + ", ".join(f"{s:.4f}" for s in spec.std)),
+            ("preprocess", data["preprocess"] or "none"),
+            ("training data", ", ".join(f"{k}={v}" for k, v in b.data_summary.items() if k != "train_per_class")),
+            ("metrics", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.metrics.items())),
+            ("versions", ", ".join(f"{k} {v}" for k, v in b.versions.items())),
+            ("resumable (last.pt)", "yes" if data["resumable"] else "no")]
+    for r in rows:
+        t.add_row(*r)
+    out.print(t)

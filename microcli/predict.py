@@ -1,0 +1,220 @@
+"""Batch prediction that streams: rows come out in input order while later files are still being read.
+
+Inputs are consumed lazily (a `find` pipe can still be running), decoded in worker processes with a
+bounded look-ahead (memory stays flat for any number of files), classified in batches, and yielded one
+`Prediction` per input. A file that cannot be read yields a Prediction with `error` set, never a
+neighbour's result.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import InputSpec, _prepare_or_error, fit_array
+from .errors import MicrocliError, UsageError
+from .inference import Predictor
+from .io import IMAGE_EXTENSIONS, find_images, read_image
+
+
+@dataclass
+class Prediction:
+    path: str
+    probs: np.ndarray | None = None  # (K,) softmax, aggregated over tiles when tiling
+    error: str | None = None
+    tiles: list[tuple[int, int, np.ndarray]] | None = None  # (x, y, probs) per tile
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    size: int
+    stride: int
+    aggregate: str = "mean"  # mean | vote | max
+
+
+def expand_inputs(inputs: Iterable[str], *, recursive: bool, stdin=None, nul: bool = False) -> Iterator[str]:
+    """Files, folders, glob patterns and '-' (stdin), lazily and in the order given."""
+    for item in inputs:
+        if item != "-" and not os.path.exists(item) and glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                yield item  # reported as "no such file" in its row
+            for m in matches:
+                if os.path.isdir(m):
+                    yield from (f.path for f in find_images([m], recursive=recursive))
+                elif m.lower().endswith(IMAGE_EXTENSIONS):
+                    yield m
+            continue
+        yield from (f.path for f in find_images([item], recursive=recursive, stdin=stdin, nul=nul))
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like K/N (e.g. 2/8), got {text!r}") from None
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def shard(paths: Iterable[str], k: int, n: int) -> Iterator[str]:
+    """The K-th of N deterministic slices: input number i (from 0) goes to slice i % N + 1."""
+    return (p for i, p in enumerate(paths) if i % n == k - 1)
+
+
+def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray]] | str:
+    path, spec, tile, max_pixels = args
+    try:
+        pipeline = spec.get_pipeline()
+        img = read_image(path, mode="gray" if spec.channels == 1 else "rgb", max_pixels=max_pixels)
+        arr = pipeline.apply(img.data) if pipeline else img.data
+        arr = arr.astype(np.float32)
+        if arr.ndim == 2 and spec.channels == 3:
+            arr = np.repeat(arr[..., None], 3, -1)
+        h, w = arr.shape[:2]
+        if h < tile.size or w < tile.size:  # smaller than one tile: the whole image is the tile
+            arr = fit_array(arr, tile.size, "crop")
+            h, w = arr.shape[:2]
+        ys = list(range(0, h - tile.size + 1, tile.stride))
+        xs = list(range(0, w - tile.size + 1, tile.stride))
+        ys += [h - tile.size] if ys[-1] != h - tile.size else []  # cover the bottom and right edges
+        xs += [w - tile.size] if xs[-1] != w - tile.size else []
+        coords, out = [], []
+        for y in ys:
+            for x in xs:
+                t = fit_array(arr[y:y + tile.size, x:x + tile.size], spec.img_size, spec.fit)
+                coords.append((x, y))
+                out.append(np.ascontiguousarray(t[None] if t.ndim == 2 else t.transpose(2, 0, 1)))
+        return coords, out
+    except MicrocliError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"{path}: {type(exc).__name__}: {exc}"
+
+
+def _chunk_worker(args):
+    fn, items = args
+    return [fn(i) for i in items]
+
+
+def bounded_map(fn: Callable, items: Iterable, *, workers: int, chunk: int = 8, ahead: int = 8) -> Iterator:
+    """map(fn, items) in order, in worker processes, holding at most `ahead` chunks in flight."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        queue: deque = deque()
+        buf: list = []
+
+        def submit():
+            queue.append(pool.submit(_chunk_worker, (fn, list(buf))))
+            buf.clear()
+
+        for it in items:
+            buf.append(it)
+            if len(buf) >= chunk:
+                submit()
+                while len(queue) >= ahead:
+                    yield from queue.popleft().result()
+        if buf:
+            submit()
+        while queue:
+            yield from queue.popleft().result()
+
+
+def aggregate(probs: np.ndarray, how: str) -> np.ndarray:
+    if how == "mean":
+        return probs.mean(0)
+    if how == "vote":
+        return np.bincount(probs.argmax(1), minlength=probs.shape[1]) / len(probs)
+    if how == "max":
+        m = probs.max(0)
+        return m / m.sum()
+    raise UsageError(f"--aggregate must be mean, vote or max, got {how!r}")
+
+
+def predict_stream(predictor: Predictor, paths: Iterable[str], *, batch_size: int = 64, workers: int = 0,
+                   tile: TileSpec | None = None, max_pixels: int | None = None) -> Iterator[Prediction]:
+    """One Prediction per path, in order, streamed batch by batch."""
+    spec: InputSpec = predictor.spec
+    if tile is None:
+        args = ((p, spec, max_pixels) for p in paths)
+        results = bounded_map(_prepare_with_path, args, workers=workers, chunk=16)
+    else:
+        args = ((p, spec, tile, max_pixels) for p in paths)
+        results = bounded_map(_tiles_with_path, args, workers=workers, chunk=1, ahead=2 * max(workers, 1))
+    pending: list[tuple[str, object]] = []
+    n_arrays = 0
+    for path, got in results:
+        pending.append((path, got))
+        if not isinstance(got, str):
+            n_arrays += len(got[1]) if tile else 1
+        if n_arrays >= batch_size:
+            yield from _flush(predictor, pending, tile, batch_size)
+            pending, n_arrays = [], 0
+    yield from _flush(predictor, pending, tile, batch_size)
+
+
+def _prepare_with_path(args):
+    return args[0], _prepare_or_error(args)
+
+
+def _tiles_with_path(args):
+    return args[0], _tiles_or_error(args)
+
+
+def _flush(predictor: Predictor, pending, tile: TileSpec | None, batch_size: int) -> Iterator[Prediction]:
+    arrays = []
+    for _, got in pending:
+        if not isinstance(got, str):
+            arrays.extend(got[1] if tile else [got])
+    probs = predictor.predict_arrays(arrays, batch_size) if arrays else None
+    i = 0
+    for path, got in pending:
+        if isinstance(got, str):
+            yield Prediction(path, error=got)
+        elif tile is None:
+            yield Prediction(path, probs[i])
+            i += 1
+        else:
+            coords, tiles = got
+            p = probs[i:i + len(tiles)]
+            i += len(tiles)
+            yield Prediction(path, aggregate(p, tile.aggregate), tiles=[(x, y, q) for (x, y), q in zip(coords, p)])
+
+
+
+def prediction_row(pred: Prediction, classes: list[str], *, top_k: int = 1, all_probs: bool = False,
+                   min_confidence: float | None = None) -> dict:
+    """The output row of one prediction: path, class, confidence[, uncertain][, top-k][, p_<class>...]."""
+    row: dict = {"path": pred.path}
+    if pred.error is not None:
+        row["error"] = pred.error
+        return row
+    order = np.argsort(-pred.probs, kind="stable")
+    row["class"] = classes[order[0]]
+    row["confidence"] = round(float(pred.probs[order[0]]), 6)
+    if min_confidence is not None:
+        row["uncertain"] = bool(pred.probs[order[0]] < min_confidence)
+    for r in range(1, min(top_k, len(classes))):
+        row[f"top{r + 1}_class"] = classes[order[r]]
+        row[f"top{r + 1}_confidence"] = round(float(pred.probs[order[r]]), 6)
+    if all_probs:
+        row.update({f"p_{c}": round(float(p), 6) for c, p in zip(classes, pred.probs)})
+    return row
+
+
+def row_columns(classes: list[str], *, top_k: int = 1, all_probs: bool = False, uncertain: bool = False) -> list[str]:
+    cols = ["path", "class", "confidence"] + (["uncertain"] if uncertain else [])
+    for r in range(1, min(top_k, len(classes))):
+        cols += [f"top{r + 1}_class", f"top{r + 1}_confidence"]
+    return cols + ([f"p_{c}" for c in classes] if all_probs else [])
