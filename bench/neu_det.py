@@ -38,15 +38,14 @@ def write_manifest(path: Path, root: Path = NEU) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-o", "--out", required=True)
-    ap.add_argument("extra", nargs=argparse.REMAINDER, help="options passed on to microcli train")
-    args = ap.parse_args()
+    args, extra = ap.parse_known_args()  # everything else goes on to microcli train
     if not NEU.is_dir():
         sys.exit(f"{NEU} not found")
     out = Path(args.out)
     manifest = write_manifest(out.with_name(out.name + "-manifest.csv"))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "microcli", "train", str(manifest), "-o", str(out), "--force",
-                    *args.extra], check=True)
+                    *extra], check=True)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "microcli", "evaluate", str(out / "best.pt"), str(manifest),

@@ -264,14 +264,22 @@ def auto_img_size(items: list[Item], sample: int = 200) -> int:
     return int(np.clip(np.median(sides), 32, 224)) if sides else 128
 
 
+RUN_FILES = ("best.pt", "last.pt", "config.json", "split.csv", "metrics.csv", "skipped.csv", "curves.png",
+             *(f"val_{n}" for n in ("report.json", "report.txt", "per_class.csv", "confusion.csv",
+                                     "misclassified.csv", "confusion.png")))
+
+
 def _run_dir(cfg: TrainConfig, resume: bool) -> Path:
     run = Path(cfg.out)
     if resume:
         if not (run / "last.pt").is_file():
             raise UsageError(f"--resume {run}: no last.pt there to resume from")
-    elif run.exists() and any(run.iterdir()) and not cfg.force:
-        raise OutputExistsError(f"{run}: run folder exists and is not empty; use --force to overwrite it, "
-                                f"or --resume {run} to continue it")
+    elif run.exists() and any(run.iterdir()):
+        if not cfg.force:
+            raise OutputExistsError(f"{run}: run folder exists and is not empty; use --force to overwrite it, "
+                                    f"or --resume {run} to continue it")
+        for name in RUN_FILES:  # only what a run writes: --force never deletes the user's other files
+            (run / name).unlink(missing_ok=True)
     return run
 
 

@@ -45,3 +45,13 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     list(write_dataset(out, SynthSpec(per_class=12, size=64, seed=3)))
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A LeNet run on sample_images (12 epochs, a few seconds), shared by evaluate/predict/info tests."""
+    from microcli.train import TrainConfig, fit
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    fit(TrainConfig(str(REPO / "sample_images"), str(out), arch="lenet", epochs=12, workers=0))
+    return out

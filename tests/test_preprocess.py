@@ -39,6 +39,8 @@ def run(spec: str, image: np.ndarray) -> np.ndarray:
     ("denoise:method=nlm,h=0.04", lambda im: restoration.denoise_nl_means(
         im, h=0.04, patch_size=5, patch_distance=6, fast_mode=True, preserve_range=True)),
     ("invert", lambda im: 1 - im),
+    ("stretch:low=2,high=98", lambda im: exposure.rescale_intensity(
+        im, in_range=tuple(np.percentile(im, (2, 98))), out_range=(0.0, 1.0))),
     ("rescale:factor=0.5", lambda im: transform.rescale(im, 0.5, order=1, anti_aliasing=True, preserve_range=True)),
     ("resize:width=32", lambda im: transform.resize(im, (32, 32), order=1, anti_aliasing=True, preserve_range=True)),
 ])
@@ -78,6 +80,7 @@ def test_binary_output_feeds_next_op(image):
     ("canny:low=0.3,high=0.1", r"op 'canny': 'low' \(0.3\) must not exceed 'high' \(0.1\)"),
     ("canny:quantile=true,high=5", r"op 'canny': with quantile=true, 'high' must be in \[0, 1\]"),
     ("laplace:ksize=4", r"op 'laplace': parameter 'ksize' must be odd"),
+    ("stretch:low=60,high=40", r"op 'stretch': 'low' \(60\) must be below 'high' \(40\)"),
     ("resize", r"op 'resize': give 'width', 'height' or both"),
     ("blur", r"unknown op 'blur' \(ops: canny, .*\)"),
     ("gaussian:sigma", r"op 'gaussian': expected key=value"),

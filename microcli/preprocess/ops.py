@@ -246,6 +246,23 @@ def clahe(image, *, clip, kernel, bins):
                               nbins=bins).astype(np.float32)
 
 
+def _check_stretch(v: dict) -> None:
+    _require(v["low"] < v["high"], "stretch", f"'low' ({v['low']:g}) must be below 'high' ({v['high']:g})")
+
+
+@op("stretch", "Contrast stretch: the low..high percentiles map to 0..1 (skimage.exposure.rescale_intensity); "
+               "evens out exposure between images.",
+    Param("low", float, 1.0, "lower percentile", 0, 100), Param("high", float, 99.0, "upper percentile", 0, 100),
+    channel_axis=True, check=_check_stretch)
+def stretch(image, *, low, high):
+    from skimage.exposure import rescale_intensity
+
+    lo, hi = np.percentile(image, (low, high))
+    if hi <= lo:  # a flat image has no contrast to stretch
+        return np.zeros_like(image, dtype=np.float32)
+    return rescale_intensity(image, in_range=(lo, hi), out_range=(0.0, 1.0)).astype(np.float32)
+
+
 @op("gamma", "Gamma correction out = in ** gamma (skimage.exposure.adjust_gamma).",
     Param("gamma", float, 1.0, "exponent (<1 brightens)", 0, 10, low_open=True), channel_axis=True)
 def gamma(image, *, gamma):
