@@ -11,8 +11,7 @@ import csv
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from PIL import Image
 
 from .errors import DataError, ImageReadError, MicrocliError
 from .io import has_colour, read_image, walk_images
+from .parallel import bounded_map
 from .preprocess import Pipeline
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -241,13 +241,7 @@ def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) 
     return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), dtype=np.float32)
 
 
-@dataclass
-class Loaded:
-    arrays: list[np.ndarray | None]
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _prepare_or_error(args) -> np.ndarray | str:
+def prepare_or_error(args) -> np.ndarray | str:
     path, spec, max_pixels = args
     try:
         return prepare_array(path, spec, max_pixels=max_pixels)
@@ -257,16 +251,11 @@ def _prepare_or_error(args) -> np.ndarray | str:
         return f"{path}: {type(exc).__name__}: {exc}"
 
 
-def prepare_many(paths: Sequence[str], spec: InputSpec, *, workers: int = 0, max_pixels: int | None = None,
-                 chunksize: int = 16) -> Iterator[np.ndarray | str]:
+def prepare_many(paths: Iterable[str], spec: InputSpec, *, workers: int = 0, max_pixels: int | None = None,
+                 chunk: int = 16) -> Iterator[np.ndarray | str]:
     """prepare_array over many files, in order, in `workers` processes (0: in this process).
     Yields the array, or the error message (naming the file) for a file that failed."""
-    args = ((p, spec, max_pixels) for p in paths)
-    if workers <= 0 or len(paths) < 2 * chunksize:
-        yield from map(_prepare_or_error, args)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(_prepare_or_error, args, chunksize=chunksize)
+    yield from bounded_map(prepare_or_error, ((p, spec, max_pixels) for p in paths), workers=workers, chunk=chunk)
 
 
 def detect_channels(paths: Iterable[str], *, max_pixels: int | None = None) -> int:

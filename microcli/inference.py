@@ -69,15 +69,35 @@ def set_threads(threads: int = 0) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
-def center_crop(arr: np.ndarray, size: int) -> np.ndarray:
-    h, w = arr.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return arr[..., top:top + size, left:left + size]
+def tile_origins(length: int, size: int) -> list[int]:
+    """Start positions of the fewest `size` tiles that cover `length`, spread evenly (edges included)."""
+    if length <= size:
+        return [0]
+    n = -(-length // size)
+    return [round(i * (length - size) / (n - 1)) for i in range(n)]
 
 
-def stack_eval(arrays: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
-    """The evaluation view of prepared arrays: centre crops at native scale (fit=crop), then a batch."""
-    return torch.from_numpy(np.stack([center_crop(a, spec.img_size) for a in arrays]))
+def eval_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> tuple[torch.Tensor, np.ndarray]:
+    """The network inputs for evaluating prepared arrays, and which array each belongs to.
+
+    fit=resize: the array itself (already size x size). fit=crop: tiles at native pixel scale that cover
+    the whole image; their softmax outputs are averaged (`average_views`).
+    """
+    size = spec.img_size
+    views, owner = [], []
+    for i, a in enumerate(arrays):
+        h, w = a.shape[-2:]
+        for y in tile_origins(h, size):
+            for x in tile_origins(w, size):
+                views.append(a[:, y:y + size, x:x + size])
+                owner.append(i)
+    return torch.from_numpy(np.ascontiguousarray(np.stack(views))), np.asarray(owner)
+
+
+def average_views(probs: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, probs.shape[1]), np.float64)
+    np.add.at(out, owner, probs)
+    return (out / np.bincount(owner, minlength=n)[:, None]).astype(np.float32)
 
 
 def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
@@ -129,5 +149,9 @@ class Predictor:
         return F.softmax(self.logits(x), 1).cpu().numpy()
 
     def predict_arrays(self, arrays: Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
-        out = [self.probs(stack_eval(arrays[i:i + batch_size], self.spec)) for i in range(0, len(arrays), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        """Softmax (N, K) for prepared arrays (see `eval_views`)."""
+        if not len(arrays):
+            return np.zeros((0, len(self.classes)), np.float32)
+        views, owner = eval_views(arrays, self.spec)
+        probs = np.concatenate([self.probs(views[i:i + batch_size]) for i in range(0, len(views), batch_size)])
+        return probs if len(views) == len(arrays) else average_views(probs, owner, len(arrays))

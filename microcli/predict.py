@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import glob
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from .data import InputSpec, _prepare_or_error, fit_array
+from .data import InputSpec, fit_array, prepare_or_error
+from .parallel import bounded_map
 from .errors import MicrocliError, UsageError
 from .inference import Predictor
 from .io import IMAGE_EXTENSIONS, find_images, read_image
@@ -101,36 +100,6 @@ def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray]] | st
         return f"{path}: {type(exc).__name__}: {exc}"
 
 
-def _chunk_worker(args):
-    fn, items = args
-    return [fn(i) for i in items]
-
-
-def bounded_map(fn: Callable, items: Iterable, *, workers: int, chunk: int = 8, ahead: int = 8) -> Iterator:
-    """map(fn, items) in order, in worker processes, holding at most `ahead` chunks in flight."""
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        queue: deque = deque()
-        buf: list = []
-
-        def submit():
-            queue.append(pool.submit(_chunk_worker, (fn, list(buf))))
-            buf.clear()
-
-        for it in items:
-            buf.append(it)
-            if len(buf) >= chunk:
-                submit()
-                while len(queue) >= ahead:
-                    yield from queue.popleft().result()
-        if buf:
-            submit()
-        while queue:
-            yield from queue.popleft().result()
-
-
 def aggregate(probs: np.ndarray, how: str) -> np.ndarray:
     if how == "mean":
         return probs.mean(0)
@@ -165,7 +134,7 @@ def predict_stream(predictor: Predictor, paths: Iterable[str], *, batch_size: in
 
 
 def _prepare_with_path(args):
-    return args[0], _prepare_or_error(args)
+    return args[0], prepare_or_error(args)
 
 
 def _tiles_with_path(args):

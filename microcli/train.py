@@ -31,15 +31,15 @@ from .checkpoint import Bundle, load_bundle, save_bundle, versions
 from .data import (
     InputSpec,
     Item,
-    _prepare_or_error,
     detect_channels,
     discover,
     prepare_many,
+    prepare_or_error,
     split_items,
     write_split_csv,
 )
 from .errors import DataError, OutputExistsError, UsageError
-from .inference import Predictor, center_crop, normalize, pick_device, pick_dtype, set_threads
+from .inference import Predictor, average_views, eval_views, normalize, pick_device, pick_dtype, set_threads
 from .metrics import confusion_report
 from .models import REGISTRY, create_model, load_pretrained
 from .preprocess import Pipeline
@@ -162,23 +162,24 @@ class Source:
         args = [(self.paths[i], self.spec, self.max_pixels) for i in idx]
         if self.workers > 0:
             self._pool = self._pool or ProcessPoolExecutor(self.workers)
-            got = list(self._pool.map(_prepare_or_error, args, chunksize=max(1, len(args) // (2 * self.workers))))
+            got = list(self._pool.map(prepare_or_error, args, chunksize=max(1, len(args) // (2 * self.workers))))
         else:
-            got = [_prepare_or_error(a) for a in args]
+            got = [prepare_or_error(a) for a in args]
         for g in got:
             if isinstance(g, str):
                 raise DataError(f"{g} (it was readable when the run started)")
         return got
 
-    def batch(self, idx: list[int], *, train: bool, g: torch.Generator) -> torch.Tensor:
+    def batch(self, idx: list[int], g: torch.Generator) -> torch.Tensor:
+        """A training batch: the images (fit=resize), or random crops at native scale (fit=crop)."""
         size = self.spec.img_size
-        if self.stacked is not None and (self.spec.fit == "resize" or self.stacked.shape[-1] == size == self.stacked.shape[-2]):
+        if self.stacked is not None and self.spec.fit == "resize":
             return self.stacked[idx]
         arrays = self._get(idx)
-        if self.spec.fit == "resize" or not train:
-            return torch.from_numpy(np.stack([center_crop(a, size) for a in arrays]))
+        if self.spec.fit == "resize":
+            return torch.from_numpy(np.stack(arrays))
         crops = []
-        for a in arrays:  # random crops at native pixel scale
+        for a in arrays:
             h, w = a.shape[-2:]
             top = int(torch.randint(0, h - size + 1, (1,), generator=g))
             left = int(torch.randint(0, w - size + 1, (1,), generator=g))
@@ -408,7 +409,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
         state["rows"] = [dict(r) for r in ts["rows"]]
 
     train_src = Source([it.path for it in train_items], spec, tr_arrays, workers, cfg.max_pixels)
-    val_x = torch.from_numpy(np.stack([center_crop(a, spec.img_size) for a in va_arrays]))
+    val_views = eval_views(va_arrays, spec)  # the same views evaluate and predict use
     y_train_t = torch.tensor(y_train)
     data_summary = {
         "data": str(cfg.data), "source": source_kind, "classes": classes,
@@ -454,7 +455,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
                     interrupted = True
                     break
                 idx = perm[step * bs:(step + 1) * bs].tolist()
-                x = train_src.batch(idx, train=True, g=g).to(device, non_blocking=True)
+                x = train_src.batch(idx, g).to(device, non_blocking=True)
                 y = y_train_t[idx].to(device, non_blocking=True)
                 if cfg.augment:
                     x = augment(x, AugmentConfig(), g)
@@ -476,7 +477,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
                 break
             if ddp.world > 1:
                 dist.all_reduce(tot)
-            val_probs, val_loss = _validate(net if ddp.world == 1 else model, val_x, y_val, spec, device, amp_dtype,
+            val_probs, val_loss = _validate(net if ddp.world == 1 else model, val_views, y_val, spec, device, amp_dtype,
                                             channels_last, ddp)
             rep = confusion_report(y_val, val_probs, classes)
             seconds = time.perf_counter() - t0
@@ -543,25 +544,29 @@ def _should_stop(stop: dict, ddp: Dist) -> bool:
 
 
 @torch.no_grad()
-def _validate(model, val_x, y_val, spec, device, amp_dtype, channels_last, ddp: Dist) -> tuple[np.ndarray, float]:
+def _validate(model, views, y_val, spec, device, amp_dtype, channels_last, ddp: Dist) -> tuple[np.ndarray, float]:
+    """Validation softmax over every view (each rank its slice, then gathered), averaged per image."""
     model.eval()
-    idx = list(range(ddp.rank, len(val_x), ddp.world))
+    x_all, owner = views
+    idx = list(range(ddp.rank, len(x_all), ddp.world))
     probs = []
     for i in range(0, len(idx), 256):
-        x = normalize(val_x[idx[i:i + 256]].to(device), spec)
+        x = normalize(x_all[idx[i:i + 256]].to(device), spec)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             probs.append(F.softmax(model(x).float(), 1).cpu())
-    mine = torch.cat(probs) if probs else torch.zeros(0, 1)
+    mine = torch.cat(probs).numpy() if probs else np.zeros((0, 1), np.float32)
     if ddp.world > 1:
         gathered: list = [None] * ddp.world
-        dist.all_gather_object(gathered, (idx, mine.numpy()))
-        full = np.zeros((len(val_x), gathered[0][1].shape[1]), np.float32)
+        dist.all_gather_object(gathered, (idx, mine))
+        full = np.zeros((len(x_all), max(p.shape[1] for _, p in gathered)), np.float32)
         for ids, p in gathered:
-            full[ids] = p
+            if len(ids):
+                full[ids] = p
     else:
-        full = mine.numpy()
+        full = mine
+    full = average_views(full, owner, len(y_val))
     y = np.asarray(y_val)
     loss = float(-np.log(np.clip(full[np.arange(len(y)), y], 1e-15, 1)).mean())
     return full, loss

@@ -19,7 +19,7 @@ from microcli.checkpoint import load_bundle
 from microcli.cli.app import app
 from microcli.data import Item, split_items
 from microcli.errors import CheckpointError, DataError, OutputExistsError
-from microcli.inference import Predictor, stack_eval
+from microcli.inference import Predictor, eval_views
 from microcli.models import REGISTRY, create_model
 from microcli.train import TrainConfig, fit
 
@@ -73,7 +73,7 @@ def test_bundle_loads_with_weights_only_and_gives_the_same_logits(lenet_run):
     from microcli.data import prepare_array
 
     files = sorted(SAMPLE.glob("*/*.png"))[:5]
-    x = stack_eval([prepare_array(str(f), bundle.input) for f in files], bundle.input)
+    x = eval_views([prepare_array(str(f), bundle.input) for f in files], bundle.input)[0]
     mean = torch.tensor(raw["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(raw["input"]["std"]).view(1, -1, 1, 1)
     with torch.no_grad():

@@ -6,12 +6,12 @@ import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MicrocliError, OutputExistsError, UsageError
 from ..io import TIFF_EXTENSIONS, FoundImage, read_image, write_image
+from ..parallel import bounded_map
 from .pipeline import Pipeline
 
 
@@ -91,25 +91,18 @@ def process_one(job: Job, pipeline: Pipeline, max_pixels: int | None, force: boo
     return FileResult(job.source, job.target, error, tuple(str(w.message) for w in caught))
 
 
-def _run_chunk(args) -> list[FileResult]:
-    jobs, pipeline, max_pixels, force = args
-    return [process_one(j, pipeline, max_pixels, force) for j in jobs]
+def _process(args) -> FileResult:
+    return process_one(*args)
 
 
 def run_batch(jobs: list[Job], pipeline: Pipeline, *, n_jobs: int | None = None, max_pixels: int | None = None,
               force: bool = False) -> Iterator[FileResult]:
     """Yield one FileResult per job, in order, working in `n_jobs` processes (default: all cores)."""
     n_jobs = n_jobs or os.cpu_count() or 1
-    if n_jobs == 1 or len(jobs) <= 2:
-        for j in jobs:
-            yield process_one(j, pipeline, max_pixels, force)
-        return
     # Small chunks keep the progress bar moving; several per worker keep the pool's overhead low.
-    size = max(1, min(16, len(jobs) // (n_jobs * 4)))
-    chunks = [(jobs[i:i + size], pipeline, max_pixels, force) for i in range(0, len(jobs), size)]
-    with ProcessPoolExecutor(n_jobs) as pool:
-        for results in pool.map(_run_chunk, chunks):
-            yield from results
+    chunk = max(1, min(16, len(jobs) // (n_jobs * 4)))
+    yield from bounded_map(_process, ((j, pipeline, max_pixels, force) for j in jobs),
+                           workers=0 if n_jobs == 1 or len(jobs) <= 2 else n_jobs, chunk=chunk, ahead=4 * n_jobs)
 
 
 def summarize(results: Iterable[FileResult]) -> Iterator[tuple[FileResult, BatchSummary]]:
