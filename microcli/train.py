@@ -432,6 +432,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
         sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return Bundle(cfg.arch, classes, spec, sd, cfg.to_dict(), metrics, data_summary, versions(), ts)
 
+    step_ctx = StepContext(net, opt, sched, scaler, criterion, device, amp_dtype, spec, cfg.augment, channels_last)
     stop = {"now": False}
 
     def on_sigint(signum, frame):
@@ -447,36 +448,16 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
             t0 = time.perf_counter()
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # resume replays the same epoch
             perm = torch.randperm(len(train_items), generator=g)[: per_rank * ddp.world][ddp.rank::ddp.world]
-            net.train()
             on_event(Event("epoch_start", 0, steps_per_epoch, epoch))
-            tot = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
-            for step in range(steps_per_epoch):
-                if _should_stop(stop, ddp):
-                    interrupted = True
-                    break
-                idx = perm[step * bs:(step + 1) * bs].tolist()
-                x = train_src.batch(idx, g).to(device, non_blocking=True)
-                y = y_train_t[idx].to(device, non_blocking=True)
-                if cfg.augment:
-                    x = augment(x, AugmentConfig(), g)
-                x = normalize(x, spec)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                    logits = net(x)
-                    loss = criterion(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                tot += torch.tensor([loss.item() * len(idx), (logits.argmax(1) == y).sum().item(), len(idx)],
-                                    dtype=torch.float64)
-                on_event(Event("batch", step + 1, steps_per_epoch, epoch))
+            tot, interrupted = train_one_epoch(
+                step_ctx, train_src, perm, y_train_t, bs, steps_per_epoch, g, lambda: _should_stop(stop, ddp),
+                lambda i: on_event(Event("batch", i, steps_per_epoch, epoch)))
             if interrupted:
                 break
             if ddp.world > 1:
+                tot = tot.to(device)
                 dist.all_reduce(tot)
+                tot = tot.cpu()
             val_probs, val_loss = _validate(net if ddp.world == 1 else model, val_views, y_val, spec, device, amp_dtype,
                                             channels_last, ddp)
             rep = confusion_report(y_val, val_probs, classes)
@@ -518,6 +499,55 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
         dist.barrier()
     return TrainResult(run, state["best_epoch"], state["best_score"], state["rows"], report, interrupted,
                        stopped_early, skipped, resume_cmd)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Everything one optimisation step needs."""
+
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    spec: InputSpec
+    augment: bool
+    channels_last: bool
+
+
+def train_one_epoch(ctx: StepContext, source: Source, perm: torch.Tensor, labels: torch.Tensor, bs: int, steps: int,
+                    g: torch.Generator, should_stop: Callable[[], bool],
+                    on_batch: Callable[[int], None]) -> tuple[torch.Tensor, bool]:
+    """One pass over `perm` in full batches. Returns (loss sum, correct, seen) and whether it was stopped."""
+    ctx.net.train()
+    tot = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # on the device: no sync per step
+    aug = AugmentConfig()
+    for step in range(steps):
+        if should_stop():
+            return tot.cpu(), True
+        idx = perm[step * bs:(step + 1) * bs].tolist()
+        x = source.batch(idx, g).to(ctx.device, non_blocking=True)
+        y = labels[idx].to(ctx.device, non_blocking=True)
+        if ctx.augment:
+            x = augment(x, aug, g)
+        x = normalize(x, ctx.spec)
+        if ctx.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype or torch.bfloat16, enabled=ctx.amp_dtype is not None):
+            logits = ctx.net(x)
+            loss = ctx.criterion(logits.float(), y)
+        ctx.opt.zero_grad(set_to_none=True)
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.step(ctx.opt)
+        ctx.scaler.update()
+        ctx.sched.step()
+        with torch.no_grad():
+            tot += torch.stack([loss.detach().double() * len(idx), (logits.argmax(1) == y).sum().double(),
+                                torch.tensor(float(len(idx)), dtype=torch.float64, device=ctx.device)])
+        on_batch(step + 1)
+    return tot.cpu(), False
 
 
 def final_report(run: Path, val_items: list[Item]) -> dict:
