@@ -386,7 +386,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
     per_rank = len(train_items) // ddp.world
     # Tiny data sets (a few dozen images per class) get smaller batches, so that an epoch is still
     # several optimiser steps; the resolved size is written to config.json.
-    bs = max(1, min(cfg.batch_size, per_rank, max(8, per_rank // 12)))
+    bs = max(1, min(cfg.batch_size, per_rank, max(8, per_rank // 16)))
     steps_per_epoch = max(1, per_rank // bs)  # full batches only: BatchNorm needs more than one image
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))))
