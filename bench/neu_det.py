@@ -38,6 +38,7 @@ def write_manifest(path: Path, root: Path = NEU) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--tta", action="store_true", help="also evaluate with test-time augmentation")
     args, extra = ap.parse_known_args()  # everything else goes on to microcli train
     if not NEU.is_dir():
         sys.exit(f"{NEU} not found")
@@ -59,6 +60,11 @@ def main() -> None:
     print(f"NEU-DET test (files 241-300, {o['images']} images): accuracy {100 * o['accuracy']:.2f} %, "
           f"macro-F1 {o['macro_f1']:.4f}; train {train_s / 60:.1f} min (wall, whole CLI), evaluate {eval_s:.1f} s")
     print("most confused:", rep["most_confused"][:5])
+    if args.tta:
+        subprocess.run([sys.executable, "-m", "microcli", "evaluate", str(out / "best.pt"), str(manifest), "--split",
+                        "test", "--tta", "--json", str(out / "test_report_tta.json")], check=True, capture_output=True)
+        o = json.loads((out / "test_report_tta.json").read_text())["overall"]
+        print(f"with --tta: accuracy {100 * o['accuracy']:.2f} %, macro-F1 {o['macro_f1']:.4f}")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 class AugmentConfig:
     flips: bool = True  # horizontal and vertical
     rot90: bool = True  # 0/90/180/270 degrees (square inputs)
-    scale: float = 0.15  # zoom in by up to this fraction, random position
+    scale: float = 0.15  # zoom in by up to this fraction (one factor per batch), random position
     brightness: float = 0.1
     contrast: float = 0.15
     gamma: float = 0.15
-    noise: float = 0.02  # Gaussian noise sigma, up to
+    noise: float = 0.02  # Gaussian noise sigma, up to; on half of the images
     blur: float = 0.2  # probability of a 3x3 Gaussian blur
 
     def to_dict(self) -> dict:
@@ -32,47 +32,70 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.
     return torch.rand(n, generator=g).to(device) * (hi - lo) + lo
 
 
+def _symmetries(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """A random symmetry per image (flips; with square inputs also transposes: all 8 of the square),
+    applied group by group with exact memory moves, no interpolation."""
+    n = x.shape[0]
+    kinds = (8 if cfg.rot90 and x.shape[-1] == x.shape[-2] else 4) if cfg.flips else (
+        2 if cfg.rot90 and x.shape[-1] == x.shape[-2] else 1)
+    if kinds == 1:
+        return x
+    code = torch.randint(0, kinds, (n,), generator=g)
+    if not cfg.flips:
+        code = code * 4  # transposes only
+    out = torch.empty_like(x)
+    for k in code.unique().tolist():
+        idx = (code == k).nonzero().flatten().to(x.device)
+        v = x.index_select(0, idx)
+        if k & 1:
+            v = v.flip(-1)
+        if k & 2:
+            v = v.flip(-2)
+        if k & 4:
+            v = v.transpose(-1, -2)
+        out.index_copy_(0, idx, v)
+    return out
+
+
+def _zoom(x: torch.Tensor, scale: float, g: torch.Generator) -> torch.Tensor:
+    """Zoom in by a factor drawn once per batch, each image at its own random position."""
+    h, w = x.shape[-2:]
+    s = 1 + float(torch.rand(1, generator=g)) * scale
+    ch, cw = max(1, round(h / s)), max(1, round(w / s))
+    if (ch, cw) == (h, w):
+        return x
+    tops = torch.randint(0, h - ch + 1, (x.shape[0],), generator=g).tolist()
+    lefts = torch.randint(0, w - cw + 1, (x.shape[0],), generator=g).tolist()
+    crops = torch.stack([img[:, t:t + ch, left:left + cw] for img, t, left in zip(x, tops, lefts)])
+    return F.interpolate(crops, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """Randomly transform each image of a batch; `g` (a CPU generator) makes it reproducible."""
     n, dev = x.shape[0], x.device
     view = (n, 1, 1, 1)
-
-    def coin(p: float = 0.5) -> torch.Tensor:
-        return (torch.rand(n, generator=g) < p).to(dev).view(view)
-
-    if cfg.flips:
-        x = torch.where(coin(), x.flip(-1), x)
-        x = torch.where(coin(), x.flip(-2), x)
-    if cfg.rot90 and x.shape[-1] == x.shape[-2]:
-        k = torch.randint(0, 4, (n,), generator=g)
-        out = x.clone()
-        for r in (1, 2, 3):
-            idx = (k == r).nonzero().flatten().to(dev)
-            if len(idx):
-                out[idx] = torch.rot90(x[idx], r, (-2, -1))
-        x = out
+    x = _symmetries(x, cfg, g)
     if cfg.scale > 0:
-        s = 1 / _uniform(n, 1.0, 1.0 + cfg.scale, g, dev)  # <1: sample a smaller window = zoom in
-        tx = (torch.rand(n, generator=g).to(dev) * 2 - 1) * (1 - s)
-        ty = (torch.rand(n, generator=g).to(dev) * 2 - 1) * (1 - s)
-        zero = torch.zeros_like(s)
-        theta = torch.stack([torch.stack([s, zero, tx], 1), torch.stack([zero, s, ty], 1)], 1).to(x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        x = _zoom(x, cfg.scale, g)
     if cfg.gamma > 0:
         gm = _uniform(n, 1 - cfg.gamma, 1 + cfg.gamma, g, dev).view(view).to(x.dtype)
-        x = x.sign() * x.abs().clamp_min(1e-6) ** gm
+        x = x.abs().pow(gm).copysign(x)  # sign kept for signed inputs (laplace:abs=false)
     if cfg.contrast > 0 or cfg.brightness > 0:
         c = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, g, dev).view(view).to(x.dtype)
         b = _uniform(n, -cfg.brightness, cfg.brightness, g, dev).view(view).to(x.dtype)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * c + mean + b
-    if cfg.blur > 0:
-        k1 = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=dev)
-        kernel = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, 3, 3)
-        blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
-        x = torch.where(coin(cfg.blur), blurred, x)
-    if cfg.noise > 0:
-        sigma = _uniform(n, 0, cfg.noise, g, dev).view(view).to(x.dtype)
-        x = x + torch.randn(x.shape, generator=g).to(dev, x.dtype) * sigma
+        x = x * c + (mean * (1 - c) + b)
+    k1 = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=dev)
+    for p, op in ((cfg.blur, "blur"), (0.5 if cfg.noise > 0 else 0.0, "noise")):
+        pick = (torch.rand(n, generator=g) < p).nonzero().flatten().to(dev)
+        if not len(pick):
+            continue
+        v = x.index_select(0, pick)
+        if op == "blur":
+            kernel = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, 3, 3)
+            v = F.conv2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
+        else:
+            sigma = _uniform(len(pick), 0, cfg.noise, g, dev).view(-1, 1, 1, 1).to(x.dtype)
+            v = v + torch.randn(v.shape, generator=g).to(dev, x.dtype) * sigma
+        x = x.index_copy(0, pick, v)
     return x
