@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(NEU))
     ap.add_argument("--size", type=int, default=200)
-    ap.add_argument("--repeat", type=int, default=1, help="feed the file list this many times (lenet)")
+    ap.add_argument("--repeat", type=int, default=3, help="feed the file list this many times (lenet)")
     ap.add_argument("--resnet-images", type=int, default=1000)
     args = ap.parse_args()
     files = sorted(str(p) for p in Path(args.data).glob("*/*.jpg"))

@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(NEU))
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--size", type=int, default=200)
-    ap.add_argument("--lenet-epochs", type=int, default=3)
+    ap.add_argument("--lenet-epochs", type=int, default=8)
     ap.add_argument("--resnet-epochs", type=int, default=1)
     ap.add_argument("--resnet-per-class", type=int, default=60)
     args = ap.parse_args()

@@ -304,7 +304,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | None = N
         raise UsageError(f"unknown architecture {cfg.arch!r} (choices: {', '.join(REGISTRY)})")
     Pipeline.parse(cfg.preprocess)  # option errors before any file is read
     device = pick_device(cfg.device)
-    amp_dtype = pick_dtype(cfg.precision, device)
+    amp_dtype = pick_dtype(cfg.precision, device, training=True)
     ddp = init_distributed(device)
     if ddp.world > 1 and device.type == "cuda":
         device = torch.device("cuda", ddp.local_rank)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 from enum import Enum
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def evaluate(
     plot: Path = typer.Option(None, "--plot", help="Write the confusion matrices (counts, normalised) as PNG."),
     tta: bool = typer.Option(False, "--tta", help="Average over flips and 90-degree rotations."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1),
-    workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: all cores, 0: none)."),
+    workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: auto, cores - 1 above 2 cores; 0: none)."),
     device: Device = typer.Option(Device.auto, "--device"),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse images with more pixels (default 200M)."),
@@ -61,6 +60,7 @@ def evaluate(
       microcli evaluate model.pt test_data --format json | jq .overall.macro_f1
     """
     from ..checkpoint import load_bundle
+    from ..parallel import auto_workers
     from ..evaluate import evaluate_items, items_for
     from ..inference import Predictor
     from ..report import plot_confusion, report_renderable, write_confusion_csv, write_json, \
@@ -74,7 +74,7 @@ def evaluate(
         predictor = Predictor(load_bundle(model), device=device.value, precision=precision.value, tta=tta)
         with progress(quiet) as bar:
             task = bar.add_task("evaluating", total=len(items))
-            result = evaluate_items(predictor, items, workers=(os.cpu_count() or 1) if workers < 0 else workers,
+            result = evaluate_items(predictor, items, workers=auto_workers(workers),
                                     batch_size=batch_size, top_k=top_k, max_pixels=max_pixels,
                                     on_progress=lambda d, t: bar.update(task, completed=d, total=t))
         report = result.report

@@ -68,7 +68,7 @@ def predict(
     on_error: OnError = typer.Option(OnError.continue_, "--on-error", help="continue (exit 3 at the end) or fail."),
     shard: str = typer.Option(None, "--shard", help="K/N: only the K-th of N deterministic slices of the inputs."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
-    workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: all cores, 0: none)."),
+    workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: auto, cores - 1 above 2 cores; 0: none)."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: all cores)."),
     device: Device = typer.Option(Device.auto, "--device"),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
@@ -91,6 +91,7 @@ def predict(
       microcli predict model.pt /data/night -r --shard 3/16 -o part3.csv    # one job of a SLURM array
     """
     from ..checkpoint import load_bundle
+    from ..parallel import auto_workers
     from ..inference import Predictor, set_threads
     from ..predict import TileSpec, expand_inputs, parse_shard, predict_stream, prediction_row, row_columns
 
@@ -107,7 +108,7 @@ def predict(
             from ..predict import shard as take_shard
 
             paths = take_shard(paths, *k_n)
-        n_workers = (os.cpu_count() or 1) if workers < 0 else workers
+        n_workers = auto_workers(workers)
         cols = row_columns(classes, top_k=top_k, all_probs=all_probs, uncertain=min_confidence is not None)
         fh, tmp = _open_output(output, append)
         failed = done = 0
