@@ -252,10 +252,11 @@ def prepare_or_error(args) -> np.ndarray | str:
 
 
 def prepare_many(paths: Iterable[str], spec: InputSpec, *, workers: int = 0, max_pixels: int | None = None,
-                 chunk: int = 16) -> Iterator[np.ndarray | str]:
-    """prepare_array over many files, in order, in `workers` processes (0: in this process).
+                 chunk: int = 16, threads: bool = False) -> Iterator[np.ndarray | str]:
+    """prepare_array over many files, in order, in `workers` processes or threads (0: in this process).
     Yields the array, or the error message (naming the file) for a file that failed."""
-    yield from bounded_map(prepare_or_error, ((p, spec, max_pixels) for p in paths), workers=workers, chunk=chunk)
+    yield from bounded_map(prepare_or_error, ((p, spec, max_pixels) for p in paths), workers=workers, chunk=chunk,
+                           threads=threads)
 
 
 def detect_channels(paths: Iterable[str], *, max_pixels: int | None = None) -> int:

@@ -71,7 +71,7 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
             pending.clear()
 
     for i, got in enumerate(prepare_many([it.path for it in known], predictor.spec, workers=workers,
-                                         max_pixels=max_pixels)):
+                                         max_pixels=max_pixels, threads=True)):
         if isinstance(got, str):
             failures.append((known[i].path, got))
         else:

@@ -112,15 +112,18 @@ def aggregate(probs: np.ndarray, how: str) -> np.ndarray:
 
 
 def predict_stream(predictor: Predictor, paths: Iterable[str], *, batch_size: int = 64, workers: int = 0,
-                   tile: TileSpec | None = None, max_pixels: int | None = None) -> Iterator[Prediction]:
-    """One Prediction per path, in order, streamed batch by batch."""
+                   tile: TileSpec | None = None, max_pixels: int | None = None,
+                   threads: bool = True) -> Iterator[Prediction]:
+    """One Prediction per path, in order, streamed batch by batch. Files are decoded by `workers`
+    threads (or processes, threads=False) while the model runs."""
     spec: InputSpec = predictor.spec
     if tile is None:
         args = ((p, spec, max_pixels) for p in paths)
-        results = bounded_map(_prepare_with_path, args, workers=workers, chunk=16)
+        results = bounded_map(_prepare_with_path, args, workers=workers, chunk=16, threads=threads)
     else:
         args = ((p, spec, tile, max_pixels) for p in paths)
-        results = bounded_map(_tiles_with_path, args, workers=workers, chunk=1, ahead=2 * max(workers, 1))
+        results = bounded_map(_tiles_with_path, args, workers=workers, chunk=1, ahead=2 * max(workers, 1),
+                              threads=threads)
     pending: list[tuple[str, object]] = []
     n_arrays = 0
     for path, got in results:

@@ -18,7 +18,7 @@ from microcli.errors import (
 )
 from microcli.io import MicrocliWarning, find_images, read_image, read_path_list, walk_images, write_image
 
-from .conftest import save_png
+from .conftest import NEU, save_png
 
 
 def test_8bit_png_scaled_to_unit_range(tmp_path, gray8):
@@ -182,3 +182,16 @@ def test_no_warning_for_plain_files(tmp_path, gray8):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_image(save_png(tmp_path / "a.png", gray8))
+
+
+@pytest.mark.skipif(not NEU.is_dir(), reason="../shared/datasets/neu-det is not present")
+def test_neu_det_jpegs_read_as_200px_grayscale():
+    from microcli.data import detect_channels, discover
+
+    found = discover(NEU)
+    assert found.classes == ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+    assert len(found.items()) == 1800
+    sample = [it.path for it in found.items()[::150]]
+    assert detect_channels(sample) == 1  # stored as RGB JPEG, but R = G = B
+    img = read_image(sample[0])
+    assert img.data.shape == (200, 200) and img.bit_depth == 8 and 0 <= img.data.min() < img.data.max() <= 1

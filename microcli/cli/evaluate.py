@@ -38,9 +38,9 @@ def evaluate(
     plot: Path = typer.Option(None, "--plot", help="Write the confusion matrices (counts, normalised) as PNG."),
     tta: bool = typer.Option(False, "--tta", help="Average over flips and 90-degree rotations."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1),
-    workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: auto, cores - 1 above 2 cores; 0: none)."),
+    workers: int = typer.Option(-1, "--workers", help="Decoding threads (-1: half the cores, at least 1; 0: none)."),
     device: Device = typer.Option(Device.auto, "--device"),
-    precision: Precision = typer.Option(Precision.auto, "--precision"),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16 on CUDA, fp32 on CPU."),
     max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse images with more pixels (default 200M)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -74,7 +74,7 @@ def evaluate(
         predictor = Predictor(load_bundle(model), device=device.value, precision=precision.value, tta=tta)
         with progress(quiet) as bar:
             task = bar.add_task("evaluating", total=len(items))
-            result = evaluate_items(predictor, items, workers=auto_workers(workers),
+            result = evaluate_items(predictor, items, workers=auto_workers(workers, threads=True),
                                     batch_size=batch_size, top_k=top_k, max_pixels=max_pixels,
                                     on_progress=lambda d, t: bar.update(task, completed=d, total=t))
         report = result.report

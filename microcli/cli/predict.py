@@ -68,10 +68,10 @@ def predict(
     on_error: OnError = typer.Option(OnError.continue_, "--on-error", help="continue (exit 3 at the end) or fail."),
     shard: str = typer.Option(None, "--shard", help="K/N: only the K-th of N deterministic slices of the inputs."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
-    workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: auto, cores - 1 above 2 cores; 0: none)."),
+    workers: int = typer.Option(-1, "--workers", help="Decoding threads (-1: half the cores, at least 1; 0: none)."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: all cores)."),
     device: Device = typer.Option(Device.auto, "--device"),
-    precision: Precision = typer.Option(Precision.auto, "--precision"),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16 on CUDA, fp32 on CPU."),
     max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse images with more pixels (default 200M)."),
 ) -> None:
     """Classify images and stream one row per image, in input order, to stdout.
@@ -108,7 +108,7 @@ def predict(
             from ..predict import shard as take_shard
 
             paths = take_shard(paths, *k_n)
-        n_workers = auto_workers(workers)
+        n_workers = auto_workers(workers, threads=True)
         cols = row_columns(classes, top_k=top_k, all_probs=all_probs, uncertain=min_confidence is not None)
         fh, tmp = _open_output(output, append)
         failed = done = 0

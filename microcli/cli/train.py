@@ -98,8 +98,8 @@ def train(
                                                                       "brightness/contrast/gamma, noise, blur."),
     pretrained: str = typer.Option(None, "--pretrained", help="'imagenet' (online) or a torchvision "
                                                               "state_dict file (ResNets)."),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16/fp16 AMP on CUDA, "
-                                                                            "fp32 on CPU."),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16 (or fp16) AMP on CUDA, "
+                                                                            "bf16 on CPUs with native bf16, else fp32."),
     device: Device = typer.Option(Device.auto, "--device"),
     workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: all cores, 0: none)."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: all cores)."),
