@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, ImageReadError, MicrocliError
+from .errors import DataError, ImageReadError, describe
 from .io import has_colour, read_image, walk_images
 from .parallel import bounded_map
 from .preprocess import Pipeline
@@ -227,28 +227,34 @@ def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
     return arr
 
 
-def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) -> np.ndarray:
-    """File -> float32 (C, H, W): read at the model's channel count, pipeline, fit. Not yet normalised."""
+def load_for_model(path: str, spec: InputSpec, *, max_pixels: int | None = None,
+                   size_hint: int | None = None) -> np.ndarray:
+    """Read at the model's channel count and apply its classical pipeline: float32 (H, W) or (H, W, 3)."""
     pipeline = spec.get_pipeline()
-    hint = spec.img_size if (spec.fit == "resize" and not pipeline) else None
-    img = read_image(path, mode="gray" if spec.channels == 1 else "rgb", max_pixels=max_pixels, size_hint=hint)
-    arr = pipeline.apply(img.data) if pipeline else img.data
-    if arr.dtype == bool:
-        arr = arr.astype(np.float32)
+    img = read_image(path, mode="gray" if spec.channels == 1 else "rgb", max_pixels=max_pixels, size_hint=size_hint)
+    arr = (pipeline.apply(img.data) if pipeline else img.data).astype(np.float32, copy=False)
     if arr.ndim == 2 and spec.channels == 3:
         arr = np.repeat(arr[..., None], 3, -1)
-    arr = fit_array(arr, spec.img_size, spec.fit)
+    return arr
+
+
+def to_chw(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), dtype=np.float32)
+
+
+def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) -> np.ndarray:
+    """File -> float32 (C, H, W): read at the model's channel count, pipeline, fit. Not yet normalised."""
+    hint = spec.img_size if (spec.fit == "resize" and not spec.pipeline) else None
+    arr = load_for_model(path, spec, max_pixels=max_pixels, size_hint=hint)
+    return to_chw(fit_array(arr, spec.img_size, spec.fit))
 
 
 def prepare_or_error(args) -> np.ndarray | str:
     path, spec, max_pixels = args
     try:
         return prepare_array(path, spec, max_pixels=max_pixels)
-    except MicrocliError as exc:
-        return str(exc)
-    except Exception as exc:  # any decoder surprise becomes a per-file error, never a dead run
-        return f"{path}: {type(exc).__name__}: {exc}"
+    except Exception as exc:
+        return describe(path, exc)
 
 
 def prepare_many(paths: Iterable[str], spec: InputSpec, *, workers: int = 0, max_pixels: int | None = None,

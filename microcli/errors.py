@@ -68,3 +68,9 @@ class CheckpointError(MicrocliError):
 
 class OutputExistsError(MicrocliError):
     """An output that would overwrite an existing file or an input without --force."""
+
+
+def describe(path: str | Path, exc: BaseException) -> str:
+    """The one-line message for a file that failed: our typed errors say it themselves; anything else
+    (a decoder surprise) is named with its type, so that one bad image never kills a batch silently."""
+    return str(exc) if isinstance(exc, MicrocliError) else f"{path}: {type(exc).__name__}: {exc}"

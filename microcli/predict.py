@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import InputSpec, fit_array, prepare_or_error
+from .data import InputSpec, fit_array, load_for_model, prepare_or_error, to_chw
 from .parallel import bounded_map
-from .errors import MicrocliError, UsageError
+from .errors import UsageError, describe
 from .inference import Predictor
-from .io import IMAGE_EXTENSIONS, find_images, read_image
+from .io import IMAGE_EXTENSIONS, find_images
 
 
 @dataclass
@@ -73,31 +73,19 @@ def shard(paths: Iterable[str], k: int, n: int) -> Iterator[str]:
 def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray]] | str:
     path, spec, tile, max_pixels = args
     try:
-        pipeline = spec.get_pipeline()
-        img = read_image(path, mode="gray" if spec.channels == 1 else "rgb", max_pixels=max_pixels)
-        arr = pipeline.apply(img.data) if pipeline else img.data
-        arr = arr.astype(np.float32)
-        if arr.ndim == 2 and spec.channels == 3:
-            arr = np.repeat(arr[..., None], 3, -1)
-        h, w = arr.shape[:2]
-        if h < tile.size or w < tile.size:  # smaller than one tile: the whole image is the tile
+        arr = load_for_model(path, spec, max_pixels=max_pixels)
+        if min(arr.shape[:2]) < tile.size:  # smaller than one tile: the whole image is the tile
             arr = fit_array(arr, tile.size, "crop")
-            h, w = arr.shape[:2]
+        h, w = arr.shape[:2]
         ys = list(range(0, h - tile.size + 1, tile.stride))
         xs = list(range(0, w - tile.size + 1, tile.stride))
         ys += [h - tile.size] if ys[-1] != h - tile.size else []  # cover the bottom and right edges
         xs += [w - tile.size] if xs[-1] != w - tile.size else []
-        coords, out = [], []
-        for y in ys:
-            for x in xs:
-                t = fit_array(arr[y:y + tile.size, x:x + tile.size], spec.img_size, spec.fit)
-                coords.append((x, y))
-                out.append(np.ascontiguousarray(t[None] if t.ndim == 2 else t.transpose(2, 0, 1)))
-        return coords, out
-    except MicrocliError as exc:
-        return str(exc)
+        coords = [(x, y) for y in ys for x in xs]
+        tiles = [to_chw(fit_array(arr[y:y + tile.size, x:x + tile.size], spec.img_size, spec.fit)) for x, y in coords]
+        return coords, tiles
     except Exception as exc:
-        return f"{path}: {type(exc).__name__}: {exc}"
+        return describe(path, exc)
 
 
 def aggregate(probs: np.ndarray, how: str) -> np.ndarray:
@@ -162,7 +150,6 @@ def _flush(predictor: Predictor, pending, tile: TileSpec | None, batch_size: int
             p = probs[i:i + len(tiles)]
             i += len(tiles)
             yield Prediction(path, aggregate(p, tile.aggregate), tiles=[(x, y, q) for (x, y), q in zip(coords, p)])
-
 
 
 def prediction_row(pred: Prediction, classes: list[str], *, top_k: int = 1, all_probs: bool = False,

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MicrocliError, OutputExistsError, UsageError
+from ..errors import OutputExistsError, UsageError, describe
 from ..io import TIFF_EXTENSIONS, FoundImage, read_image, write_image
 from ..parallel import bounded_map
 from .pipeline import Pipeline
@@ -84,10 +84,8 @@ def process_one(job: Job, pipeline: Pipeline, max_pixels: int | None, force: boo
             out = pipeline.apply(img.data)
             write_image(job.target, out, bit_depth=16 if img.bit_depth >= 16 else 8, overwrite=force)
             error = None
-        except MicrocliError as exc:
-            error = str(exc)
         except Exception as exc:  # one bad image never kills the batch; the message still names it
-            error = f"{job.source}: {type(exc).__name__}: {exc}"
+            error = describe(job.source, exc)
     return FileResult(job.source, job.target, error, tuple(str(w.message) for w in caught))
 
 
