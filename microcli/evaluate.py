@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Item, discover, prepare_many, read_split_csv
+from .data import Item, discover, read_split_csv
 from .errors import DataError, UsageError
 from .inference import Predictor
 from .metrics import confusion_report
+from .predict import predict_stream
 
 
 @dataclass
@@ -59,32 +60,20 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
         raise DataError(f"none of the labels in the data ({', '.join(sorted(unknown))}) are classes of this model "
                         f"({', '.join(classes)})")
     paths, labels, probs, failures = [], [], [], []
-    batch: list[np.ndarray] = []
-    pending: list[Item] = []
-
-    def flush():
-        if batch:
-            probs.append(predictor.predict_arrays(batch, batch_size))
-            paths.extend(it.path for it in pending)
-            labels.extend(index[it.label] for it in pending)
-            batch.clear()
-            pending.clear()
-
-    for i, got in enumerate(prepare_many([it.path for it in known], predictor.spec, workers=workers,
-                                         max_pixels=max_pixels, threads=True)):
-        if isinstance(got, str):
-            failures.append((known[i].path, got))
+    stream = predict_stream(predictor, [it.path for it in known], batch_size=batch_size, workers=workers,
+                            max_pixels=max_pixels)
+    for i, (item, pred) in enumerate(zip(known, stream)):
+        if pred.error is not None:
+            failures.append((item.path, pred.error))
         else:
-            batch.append(got)
-            pending.append(known[i])
-            if len(batch) >= batch_size:
-                flush()
+            paths.append(item.path)
+            labels.append(index[item.label])
+            probs.append(pred.probs)
         if on_progress:
             on_progress(i + 1, len(known))
-    flush()
     if not paths:
         raise DataError("no image could be read: " + "; ".join(f for _, f in failures[:3]))
-    report = confusion_report(labels, np.concatenate(probs), classes, paths, top_k=top_k)
+    report = confusion_report(labels, np.stack(probs), classes, paths, top_k=top_k)
     report["excluded_unknown_labels"] = unknown
     report["failed"] = [{"path": p, "error": e} for p, e in failures]
     return EvalResult(report, unknown, failures)
