@@ -107,6 +107,17 @@ def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return (x - mean) / std
 
 
+def model_logits(model: torch.nn.Module, x: torch.Tensor, spec: InputSpec, device: torch.device,
+                 dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
+    """One forward pass as every command does it: normalise, memory layout, autocast; fp32 logits.
+    The caller chooses no_grad / inference_mode."""
+    x = normalize(x.to(device, non_blocking=True), spec)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        return model(x).float()
+
+
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
     """The 8 symmetries of the square (flips and 90-degree rotations); 4 flips for non-square inputs."""
     views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
@@ -141,13 +152,12 @@ class Predictor:
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = normalize(x.to(self.device, non_blocking=True), self.spec)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
-            if not self.tta:
-                return self.model(x).float()
-            return torch.stack([F.softmax(self.model(v).float(), 1) for v in tta_views(x)]).mean(0).log()
+        def run(v: torch.Tensor) -> torch.Tensor:
+            return model_logits(self.model, v, self.spec, self.device, self.dtype, self.channels_last)
+
+        if not self.tta:
+            return run(x)
+        return torch.stack([F.softmax(run(v), 1) for v in tta_views(x)]).mean(0).log()
 
     def probs(self, x: torch.Tensor) -> np.ndarray:
         return F.softmax(self.logits(x), 1).cpu().numpy()

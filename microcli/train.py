@@ -39,7 +39,8 @@ from .data import (
     write_split_csv,
 )
 from .errors import DataError, OutputExistsError, UsageError
-from .inference import Predictor, average_views, eval_views, normalize, pick_device, pick_dtype, set_threads
+from .inference import (Predictor, average_views, eval_views, model_logits, normalize, pick_device, pick_dtype,
+                        set_threads)
 from .metrics import confusion_report
 from .models import REGISTRY, create_model, load_pretrained
 from .preprocess import Pipeline
@@ -581,11 +582,8 @@ def _validate(model, views, y_val, spec, device, amp_dtype, channels_last, ddp: 
     idx = list(range(ddp.rank, len(x_all), ddp.world))
     probs = []
     for i in range(0, len(idx), 256):
-        x = normalize(x_all[idx[i:i + 256]].to(device), spec)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            probs.append(F.softmax(model(x).float(), 1).cpu())
+        logits = model_logits(model, x_all[idx[i:i + 256]], spec, device, amp_dtype, channels_last)
+        probs.append(F.softmax(logits, 1).cpu())
     mine = torch.cat(probs).numpy() if probs else np.zeros((0, 1), np.float32)
     if ddp.world > 1:
         gathered: list = [None] * ddp.world
