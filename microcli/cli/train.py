@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 
@@ -155,10 +156,13 @@ def train(
 train.__doc__ += "\n\n" + EXIT_CODES
 
 
-def _run_with_progress(run_fit, cfg, resume: bool):
-    import os
+def _is_rank0() -> bool:
+    """Under torchrun only rank 0 talks; RANK is unset in a plain run."""
+    return int(os.environ.get("RANK", "0")) == 0
 
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+def _run_with_progress(run_fit, cfg, resume: bool):
+    rank0 = _is_rank0()
     with progress(quiet=not rank0) as bar:
         task = None
 
@@ -192,9 +196,7 @@ def _run_with_progress(run_fit, cfg, resume: bool):
 
 
 def _render(result) -> None:
-    import os
-
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not _is_rank0():
         return
     from ..report import report_renderable
 
