@@ -6,7 +6,6 @@ it and no pickle code ever runs. Writes go to a temporary file that is renamed i
 
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,9 @@ import torch
 from torch import nn
 
 from . import __version__
-from .data import InputSpec
+from .inputs import InputSpec
 from .errors import CheckpointError
+from .io import atomic_open
 from .models import REGISTRY, create_model
 
 FORMAT = "microcli-model"
@@ -65,15 +65,8 @@ def versions() -> dict[str, str]:
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Atomic: write path.tmp, flush to disk, rename. An interrupted save leaves the old file intact."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(bundle.to_dict(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb", durable=True) as fh:
+        torch.save(bundle.to_dict(), fh)
     return path
 
 

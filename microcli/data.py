@@ -1,8 +1,7 @@
-"""Labelled data sets: discovery (class folders, split folders, CSV manifests), splits, and image preparation.
+"""Labelled data sets: discovery (class folders, split folders, CSV manifests) and split files.
 
-`prepare_array` is the one function that turns a file into network input (read, classical pipeline,
-fit to size). Training, evaluation and prediction all call it, so a model sees the same pixels
-everywhere. It uses numpy and Pillow only, so it runs in worker processes without torch.
+How a file becomes network input lives in `inputs.py`; decoding a whole set once for training lives in
+`dataset.py`.
 """
 
 from __future__ import annotations
@@ -10,17 +9,14 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .errors import DataError, ImageReadError, describe
-from .io import has_colour, read_image, walk_images
-from .parallel import bounded_map
-from .preprocess import Pipeline
+from .errors import DataError
+from .io import walk_images
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -173,104 +169,3 @@ def read_split_csv(path: str | Path) -> dict[str, list[Item]]:
         for row in csv.DictReader(fh):
             out[row["split"]].append(Item(row["path"], row["label"], row["group"] or None))
     return dict(out)
-
-
-# --- turning files into network input ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How a file becomes a (C, S, S) array; stored in every model bundle."""
-
-    channels: int = 1
-    img_size: int = 128
-    fit: str = "resize"  # resize: shorter side to S then centre crop; crop: native scale
-    pipeline: tuple = ()  # Pipeline.to_list() as a tuple of dicts
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-
-    def to_dict(self) -> dict:
-        return {"channels": self.channels, "img_size": self.img_size, "fit": self.fit,
-                "pipeline": list(self.pipeline), "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> InputSpec:
-        return cls(int(d["channels"]), int(d["img_size"]), str(d["fit"]), tuple(d.get("pipeline", ())),
-                   tuple(d.get("mean", ())), tuple(d.get("std", ())))
-
-    def get_pipeline(self) -> Pipeline:
-        return Pipeline.from_list(list(self.pipeline))
-
-
-def _resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize with antialiasing (Pillow 'F' images), channel by channel."""
-    if arr.shape[:2] == (height, width):
-        return arr
-    if arr.ndim == 3:
-        return np.stack([_resize(arr[..., c], height, width) for c in range(arr.shape[2])], -1)
-    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
-
-
-def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
-    """resize: shorter side to `size`, centre crop to size x size. crop: keep the native pixel scale
-    (only images whose shorter side is below `size` are enlarged to it)."""
-    h, w = arr.shape[:2]
-    short = min(h, w)
-    if fit == "resize" or short < size:
-        scale = size / short
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        arr = _resize(arr, nh, nw)
-    if fit == "resize":
-        h, w = arr.shape[:2]
-        top, left = (h - size) // 2, (w - size) // 2
-        arr = arr[top:top + size, left:left + size]
-    return arr
-
-
-def load_for_model(path: str, spec: InputSpec, *, max_pixels: int | None = None,
-                   size_hint: int | None = None) -> np.ndarray:
-    """Read at the model's channel count and apply its classical pipeline: float32 (H, W) or (H, W, 3)."""
-    pipeline = spec.get_pipeline()
-    img = read_image(path, mode="gray" if spec.channels == 1 else "rgb", max_pixels=max_pixels, size_hint=size_hint)
-    arr = (pipeline.apply(img.data) if pipeline else img.data).astype(np.float32, copy=False)
-    if arr.ndim == 2 and spec.channels == 3:
-        arr = np.repeat(arr[..., None], 3, -1)
-    return arr
-
-
-def to_chw(arr: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), dtype=np.float32)
-
-
-def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) -> np.ndarray:
-    """File -> float32 (C, H, W): read at the model's channel count, pipeline, fit. Not yet normalised."""
-    hint = spec.img_size if (spec.fit == "resize" and not spec.pipeline) else None
-    arr = load_for_model(path, spec, max_pixels=max_pixels, size_hint=hint)
-    return to_chw(fit_array(arr, spec.img_size, spec.fit))
-
-
-def prepare_or_error(args) -> np.ndarray | str:
-    path, spec, max_pixels = args
-    try:
-        return prepare_array(path, spec, max_pixels=max_pixels)
-    except Exception as exc:
-        return describe(path, exc)
-
-
-def prepare_many(paths: Iterable[str], spec: InputSpec, *, workers: int = 0, max_pixels: int | None = None,
-                 chunk: int = 16, threads: bool = False) -> Iterator[np.ndarray | str]:
-    """prepare_array over many files, in order, in `workers` processes or threads (0: in this process).
-    Yields the array, or the error message (naming the file) for a file that failed."""
-    yield from bounded_map(prepare_or_error, ((p, spec, max_pixels) for p in paths), workers=workers, chunk=chunk,
-                           threads=threads)
-
-
-def detect_channels(paths: Iterable[str], *, max_pixels: int | None = None) -> int:
-    """1 when every readable image is grayscale (channels equal within JPEG noise), else 3."""
-    for p in paths:
-        try:
-            if has_colour(read_image(p, mode="auto", max_pixels=max_pixels).data):
-                return 3
-        except ImageReadError:
-            continue
-    return 1

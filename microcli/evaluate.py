@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import load_bundle, resolve_model_path
 from .data import Item, discover, read_split_csv
 from .errors import DataError, UsageError
 from .inference import Predictor
@@ -16,39 +17,91 @@ from .predict import predict_stream
 
 @dataclass
 class EvalResult:
+    """A confusion report and what was left out of it.
+
+    Attributes
+    ----------
+    report : see `microcli.metrics.confusion_report`; ``report["source"]`` says what was evaluated.
+    unknown : label -> number of images excluded because the model does not know that class.
+    failures : (path, message) of the images that could not be read.
+    split : the split that was evaluated (after 'auto' was resolved).
+    classes : the model's classes.
+    """
+
     report: dict
-    unknown: dict[str, int] = field(default_factory=dict)  # label -> images excluded (model lacks it)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
+    unknown: dict[str, int] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    split: str = "all"
+    classes: list[str] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
+        """True when some images were excluded or unreadable (exit code 3)."""
         return bool(self.unknown or self.failures)
 
 
-def items_for(model: str | Path, data: str | Path | None, split: str) -> list[Item]:
-    """The images to evaluate: DATA (all of it, or its `split` part when it is split), or, without DATA,
-    the run's own split.csv next to the bundle."""
-    if data is None:
-        run = Path(model) if Path(model).is_dir() else Path(model).parent
-        csv_path = run / "split.csv"
-        if not csv_path.is_file():
-            raise UsageError(f"no DATA given and no split.csv next to {model}; give a data folder or manifest")
-        splits = read_split_csv(csv_path)
-        if split == "all":
-            return [it for items in splits.values() for it in items]
-        if split not in splits:
-            raise UsageError(f"--split {split}: the run's split.csv has only {', '.join(sorted(splits))}")
-        return splits[split]
-    found = discover(data)
-    if not found.presplit or split == "all":
-        return found.items()
-    if split not in found.splits:
-        raise UsageError(f"--split {split}: {data} has only {', '.join(sorted(found.splits))}")
-    return found.splits[split]
+def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = "auto", device: str = "auto",
+             precision: str = "auto", tta: bool = False, workers: int = 0, batch_size: int = 256,
+             top_k: int | None = None, max_pixels: int | None = None, on_progress=None) -> EvalResult:
+    """Evaluate a model on labelled images: `microcli evaluate` as a function.
+
+    Parameters
+    ----------
+    model : a bundle file or a run folder (its best.pt).
+    data : class folders, split folders or a manifest; None evaluates the run's own split.csv.
+    split : 'auto' (test if there is one; else val of the run's own split, or all of DATA), or
+        train / val / test / all.
+    device, precision, tta : see `microcli.inference.Predictor`.
+    workers : decoding threads (0: in this process).
+    batch_size, top_k, max_pixels, on_progress : see `evaluate_items`.
+
+    Raises
+    ------
+    CheckpointError : `model` is not a readable bundle.
+    UsageError : the split does not exist, or no DATA and no split.csv beside the model.
+    DataError : nothing usable in the data.
+    """
+    path = resolve_model_path(model)
+    splits = _splits_of(path, model, data)
+    chosen = _auto_split(splits, data) if split == "auto" else split
+    if chosen == "all":
+        items = [it for part in splits.values() for it in part]
+    elif chosen in splits:
+        items = splits[chosen]
+    elif "all" in splits:  # DATA is not split: every image, whatever part was asked for
+        items = splits["all"]
+    else:
+        where = f"{data} has" if data is not None else "the run's split.csv has"
+        raise UsageError(f"--split {chosen}: {where} only {', '.join(sorted(splits))}")
+    predictor = Predictor(load_bundle(path), device=device, precision=precision, tta=tta)
+    result = evaluate_items(predictor, items, workers=workers, batch_size=batch_size, top_k=top_k,
+                            max_pixels=max_pixels, on_progress=on_progress)
+    result.split, result.classes = chosen, predictor.classes
+    result.report["source"] = {"model": str(model), "data": str(data) if data is not None else None,
+                               "split": chosen, "tta": tta}
+    return result
+
+
+def _splits_of(path: Path, model: str | Path, data: str | Path | None) -> dict[str, list[Item]]:
+    """DATA's parts ('all' when not split), or the run's split.csv next to the bundle."""
+    if data is not None:
+        return discover(data).splits
+    csv_path = path.parent / "split.csv"
+    if not csv_path.is_file():
+        raise UsageError(f"no DATA given and no split.csv next to {model}; give a data folder or manifest")
+    return read_split_csv(csv_path)
+
+
+def _auto_split(splits: dict[str, list[Item]], data: str | Path | None) -> str:
+    if "test" in splits:
+        return "test"
+    return "val" if data is None or "val" in splits else "all"
 
 
 def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0, batch_size: int = 256,
                    top_k: int | None = None, max_pixels: int | None = None, on_progress=None) -> EvalResult:
+    """Predict `items` and build their confusion report; labels the model lacks and unreadable files are
+    left out and listed in the result. `on_progress(done, total)` is called per image."""
     classes = predictor.classes
     index = {c: i for i, c in enumerate(classes)}
     unknown: dict[str, int] = {}

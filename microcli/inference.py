@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Bundle
-from .data import InputSpec
+from .inputs import InputSpec
 from .errors import UsageError
 
 

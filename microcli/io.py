@@ -8,6 +8,7 @@ colour, then (H, W, 3).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ from .errors import (
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+TMP_MARK = ".tmp"  # atomic_path's temporary files: .<name>.tmp<pid>
 DEFAULT_MAX_PIXELS = 200_000_000  # ~14k x 14k: large SEM montages pass, bombs do not
 ColorMode = Literal["auto", "gray", "rgb"]
 
@@ -241,6 +243,40 @@ def _to_mode(data: np.ndarray, mode: ColorMode, path) -> np.ndarray:
     raise ValueError(f"mode must be 'auto', 'gray' or 'rgb', got {mode!r}")
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temporary name next to `path`, renamed to `path` when the block ends without an error.
+
+    The one way microcli writes a file: a crash, Ctrl-C or a full disk leaves the old file (or none),
+    never a half-written one. The temporary file is hidden (`.name.tmpPID`) and removed on failure.
+    `keep_suffix` keeps the extension, for writers that choose the format by it (Pillow, matplotlib).
+
+    Examples
+    --------
+    >>> with atomic_path("out.png", keep_suffix=True) as tmp:   # doctest: +SKIP
+    ...     Image.fromarray(arr).save(tmp)
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}" + (path.suffix if keep_suffix else ""))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", *, durable: bool = False) -> Iterator[IO]:
+    """`open(path, mode)` through `atomic_path`; text modes are UTF-8 with newline=''.
+    `durable=True` also flushes the data to disk before the rename (model files)."""
+    text = "b" not in mode
+    with atomic_path(path) as tmp, open(tmp, mode, **({"encoding": "utf-8", "newline": ""} if text else {})) as fh:
+        yield fh
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 def write_image(path: str | Path, data: np.ndarray, *, bit_depth: int = 8, overwrite: bool = False) -> Path:
     """Write a PNG or TIFF (chosen by suffix).
 
@@ -263,8 +299,7 @@ def write_image(path: str | Path, data: np.ndarray, *, bit_depth: int = 8, overw
     else:
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         if suffix in TIFF_EXTENSIONS:
             import tifffile
 
@@ -272,9 +307,6 @@ def write_image(path: str | Path, data: np.ndarray, *, bit_depth: int = 8, overw
                              compression="zlib")
         else:
             Image.fromarray(arr).save(tmp, format="PNG", compress_level=3)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from .data import InputSpec, fit_array, load_for_model, prepare_or_error, to_chw
+from .inputs import InputSpec, fit_array, load_for_model, prepare_or_error, to_chw
 from .parallel import bounded_map
 from .errors import UsageError, describe
 from .inference import Predictor
@@ -65,8 +65,12 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-def shard(paths: Iterable[str], k: int, n: int) -> Iterator[str]:
-    """The K-th of N deterministic slices: input number i (from 0) goes to slice i % N + 1."""
+def shard_of(paths: Iterable[str], k_n: tuple[int, int] | None) -> Iterable[str]:
+    """The K-th of N deterministic slices (`parse_shard`): input number i (from 0) goes to slice i % N + 1.
+    None: every path."""
+    if k_n is None:
+        return paths
+    k, n = k_n
     return (p for i, p in enumerate(paths) if i % n == k - 1)
 
 
@@ -100,11 +104,14 @@ def aggregate(probs: np.ndarray, how: str) -> np.ndarray:
 
 
 def predict_stream(predictor: Predictor, paths: Iterable[str], *, batch_size: int = 64, workers: int = 0,
-                   tile: TileSpec | None = None, max_pixels: int | None = None,
-                   threads: bool = True) -> Iterator[Prediction]:
+                   tile: TileSpec | None = None, max_pixels: int | None = None, threads: bool = True,
+                   on_path: Callable[[str], None] | None = None) -> Iterator[Prediction]:
     """One Prediction per path, in order, streamed batch by batch. Files are decoded by `workers`
-    threads (or processes, threads=False) while the model runs."""
+    threads (or processes, threads=False) while the model runs. `on_path` sees each path before it is
+    read (the output's guard against overwriting an input)."""
     spec: InputSpec = predictor.spec
+    if on_path is not None:
+        paths = _tap(paths, on_path)
     if tile is None:
         args = ((p, spec, max_pixels) for p in paths)
         results = bounded_map(_prepare_with_path, args, workers=workers, chunk=16, threads=threads)
@@ -122,6 +129,12 @@ def predict_stream(predictor: Predictor, paths: Iterable[str], *, batch_size: in
             yield from _flush(predictor, pending, tile, batch_size)
             pending, n_arrays = [], 0
     yield from _flush(predictor, pending, tile, batch_size)
+
+
+def _tap(paths: Iterable[str], fn: Callable[[str], None]) -> Iterator[str]:
+    for p in paths:
+        fn(p)
+        yield p
 
 
 def _prepare_with_path(args):

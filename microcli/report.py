@@ -15,6 +15,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from .io import atomic_open, atomic_path
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
@@ -98,13 +100,8 @@ def report_text(report: dict, title: str = "summary", width: int = 120) -> str:
 def _atomic_write(path: str | Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as fh:
+        write(fh)
 
 
 def write_json(path, obj) -> None:
@@ -178,13 +175,11 @@ def _save_fig(fig, path) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, keep_suffix=True) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def plot_curves(path, rows: Sequence[dict]) -> None:
@@ -209,18 +204,22 @@ def plot_curves(path, rows: Sequence[dict]) -> None:
     _save_fig(fig, path)
 
 
+def write_report_text(path, report: dict) -> None:
+    _atomic_write(path, lambda fh: fh.write(report_text(report)))
+
+
+# Every file form of a report, by kind, and its name in a run folder.
+REPORT_WRITERS = {"json": write_json, "text": write_report_text, "per_class": write_per_class_csv,
+                  "confusion_csv": write_confusion_csv, "misclassified": write_misclassified_csv,
+                  "plot": plot_confusion}
+REPORT_NAMES = {"json": "report.json", "text": "report.txt", "per_class": "per_class.csv",
+                "confusion_csv": "confusion.csv", "misclassified": "misclassified.csv", "plot": "confusion.png"}
+
+
 def write_report_files(folder, report: dict, *, stem: str = "") -> dict[str, Path]:
-    """The report as files in `folder`: json, txt, per-class/confusion/misclassified CSV, confusion PNG."""
-    folder = Path(folder)
-    files = {
-        "json": folder / f"{stem}report.json", "text": folder / f"{stem}report.txt",
-        "per_class": folder / f"{stem}per_class.csv", "confusion_csv": folder / f"{stem}confusion.csv",
-        "misclassified": folder / f"{stem}misclassified.csv", "plot": folder / f"{stem}confusion.png",
-    }
-    write_json(files["json"], report)
-    _atomic_write(files["text"], lambda fh: fh.write(report_text(report)))
-    write_per_class_csv(files["per_class"], report)
-    write_confusion_csv(files["confusion_csv"], report)
-    write_misclassified_csv(files["misclassified"], report)
-    plot_confusion(files["plot"], report)
+    """The report as files in `folder`: json, txt, per-class/confusion/misclassified CSV, confusion PNG,
+    each named `stem` + its name in REPORT_NAMES. Returns the paths by kind."""
+    files = {kind: Path(folder) / f"{stem}{name}" for kind, name in REPORT_NAMES.items()}
+    for kind, path in files.items():
+        REPORT_WRITERS[kind](path, report)
     return files

@@ -50,8 +50,8 @@ def synth_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A LeNet run on sample_images (12 epochs, a few seconds), shared by evaluate/predict/info tests."""
-    from microcli.train import TrainConfig, fit
+    from microcli.train import TrainConfig, train_model as fit
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    fit(TrainConfig(str(REPO / "sample_images"), str(out), arch="lenet", epochs=12, workers=0))
+    fit(TrainConfig(data=str(REPO / "sample_images"), out=str(out), arch="lenet", epochs=12, workers=0))
     return out

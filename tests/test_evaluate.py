@@ -89,7 +89,7 @@ def test_tables_files_and_plot(trained_run, tmp_path):
     assert len(wrong) == n_wrong and all(w["true"] != w["predicted"] for w in wrong)
     # exactly the wrong predictions: predict the same files and compare
     from microcli.checkpoint import load_bundle
-    from microcli.data import prepare_array
+    from microcli.inputs import prepare_array
     from microcli.inference import Predictor
 
     pred = Predictor(load_bundle(trained_run))

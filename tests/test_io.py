@@ -186,7 +186,8 @@ def test_no_warning_for_plain_files(tmp_path, gray8):
 
 @pytest.mark.skipif(not NEU.is_dir(), reason="../shared/datasets/neu-det is not present")
 def test_neu_det_jpegs_read_as_200px_grayscale():
-    from microcli.data import detect_channels, discover
+    from microcli.data import discover
+    from microcli.inputs import detect_channels
 
     found = discover(NEU)
     assert found.classes == ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]

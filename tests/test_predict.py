@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from microcli.checkpoint import load_bundle
 from microcli.cli.app import app
-from microcli.data import prepare_array
+from microcli.inputs import prepare_array
 from microcli.inference import Predictor
 from microcli.io import write_image
-from microcli.predict import aggregate, shard
+from microcli.predict import aggregate, shard_of
 from microcli.synth import generate
 
 from .conftest import REPO
@@ -97,7 +97,8 @@ def test_shards_cover_every_input_once(trained_run):
         r = invoke(trained_run, SAMPLE, "-r", "--shard", f"{k}/3")
         seen += [row["path"] for row in csv.DictReader(io.StringIO(r.stdout))]
     assert sorted(seen) == sorted(str(p) for p in SAMPLE.glob("*/*.png"))
-    assert list(shard(range(7), 2, 3)) == [1, 4]
+    assert list(shard_of(range(7), (2, 3))) == [1, 4]
+    assert list(shard_of(range(3), None)) == [0, 1, 2]
     assert invoke(trained_run, SAMPLE, "--shard", "4/3").exit_code == 2
 
 

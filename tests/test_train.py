@@ -21,7 +21,7 @@ from microcli.data import Item, split_items
 from microcli.errors import CheckpointError, DataError, OutputExistsError
 from microcli.inference import Predictor, eval_views
 from microcli.models import REGISTRY, create_model
-from microcli.train import TrainConfig, fit
+from microcli.train import TrainConfig, train_model as fit
 
 from .conftest import REPO
 
@@ -39,7 +39,7 @@ def small(tmp_path, name="run", **kw) -> TrainConfig:
 def lenet_run(tmp_path_factory):
     """LeNet trained 8 epochs on sample_images, shared by the tests that only read the run."""
     out = tmp_path_factory.mktemp("lenet") / "run"
-    result = fit(TrainConfig(str(SAMPLE), str(out), arch="lenet", epochs=8, workers=0))
+    result = fit(TrainConfig(data=str(SAMPLE), out=str(out), arch="lenet", epochs=8, workers=0))
     return result
 
 
@@ -70,7 +70,7 @@ def test_bundle_loads_with_weights_only_and_gives_the_same_logits(lenet_run):
     model.load_state_dict(raw["state_dict"])
     model.eval()
     bundle = load_bundle(lenet_run.run_dir)
-    from microcli.data import prepare_array
+    from microcli.inputs import prepare_array
 
     files = sorted(SAMPLE.glob("*/*.png"))[:5]
     x = eval_views([prepare_array(str(f), bundle.input) for f in files], bundle.input)[0]

@@ -6,9 +6,13 @@ import contextlib
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+
+from ..options import Device, Precision
 
 EXIT_CODES = ("Exit codes: 0 success; 1 error (nothing useful done); 2 usage error; 3 partial success "
               "(some inputs failed, the rest were processed and the failures listed on stderr).")
@@ -18,9 +22,10 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)  # tables for people
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def abort(message: str, code: int = 1) -> NoReturn:
+    """One red line on stderr, then exit with `code` (1 error, 2 usage)."""
     err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
-    return typer.Exit(code)
+    raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
@@ -40,11 +45,23 @@ def errors_to_exit() -> Iterator[None]:
     try:
         yield
     except MicrocliError as exc:
-        raise fail(str(exc), exc.exit_code) from None
+        abort(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        abort("interrupted", 130)
     finally:
         warnings.showwarning = old
+
+
+@contextlib.contextmanager
+def quiet_broken_pipe() -> Iterator[None]:
+    """`| head` closing the pipe is success, not an error: leave at once with exit 0, no traceback."""
+    try:
+        yield
+    except BrokenPipeError:
+        import os
+
+        sys.stderr.close()
+        os._exit(0)
 
 
 def progress(quiet: bool = False):
@@ -57,3 +74,20 @@ def progress(quiet: bool = False):
 
 def stdin_stream():
     return sys.stdin
+
+
+# --- options that mean the same in every command (declared once) ----------------------------------------
+
+ModelArg = Annotated[Path, typer.Argument(help="A model bundle (.pt) or a run folder (its best.pt).")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto: CUDA, then Apple MPS, then CPU.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: bf16 (or fp16) on CUDA; on CPU bf16 "
+                                                                     "for training where native, fp32 for inference.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=-1, help="Parallel decoders: -1 auto (chosen from "
+                                                                         "the cores), 0 none (this process), N.")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="torch threads (0: all cores).")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=0, help="Refuse images with more pixels "
+                                                                       "(default 200M or $MICROCLI_MAX_PIXELS; 0: no limit).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs (never inputs).")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")]
+NullOpt = Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated (find -print0).")]

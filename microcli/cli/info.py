@@ -1,17 +1,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from .common import errors_to_exit, out
-from .evaluate import ReportFormat
+from ..options import ReportFormat
+from .common import ModelArg, errors_to_exit, out
 
 
 def info(
-    model: Path = typer.Argument(..., help="A model bundle (.pt) or a run folder (its best.pt)."),
-    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", "-f", help="table or json."),
+    model: ModelArg,
+    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="table or json.")] = ReportFormat.table,
 ) -> None:
     """Show what a model bundle holds: architecture, parameters, classes, input, preprocessing, training
     data and final metrics, versions. Loads nothing but plain data (weights_only).

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from .common import EXIT_CODES, err, errors_to_exit, fail, out, progress, stdin_stream
+from .common import (EXIT_CODES, ForceOpt, MaxPixelsOpt, NullOpt, QuietOpt, WorkersOpt, abort, err, errors_to_exit,
+                     out, progress, stdin_stream)
 
 
 def list_ops() -> None:
@@ -25,17 +27,23 @@ def list_ops() -> None:
 
 
 def preprocess(
-    inputs: list[str] = typer.Argument(None, help="Image files, folders, or '-' for paths on stdin."),
-    out_dir: Path = typer.Option(None, "--out", "-o", help="Output folder; the input tree is mirrored in it."),
-    op: list[str] = typer.Option(None, "--op", help="NAME[:key=value,...], repeatable, applied in order."),
-    pipeline_file: Path = typer.Option(None, "--pipeline", help="Read the ops from a pipeline.json instead."),
-    list_: bool = typer.Option(False, "--list", help="List the ops and their parameters, then exit."),
-    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0: all cores)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs (never inputs)."),
-    recursive: bool = typer.Option(True, "--recursive/--no-recursive", "-r", help="Descend into sub-folders."),
-    null: bool = typer.Option(False, "-0", "--null", help="Paths on stdin are NUL-separated (find -print0)."),
-    max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse images with more pixels (default 200M)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders, or '-' for paths on stdin.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder; the input tree is mirrored in "
+                                                              "it.")] = None,
+    op: Annotated[list[str], typer.Option("--op", help="NAME[:key=value,...], repeatable, applied in "
+                                                       "order.")] = None,
+    pipeline_file: Annotated[Path, typer.Option("--pipeline", help="Read the ops from a pipeline.json "
+                                                                   "instead.")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the ops and their parameters, then exit.")] = False,
+    workers: WorkersOpt = -1,
+    jobs: Annotated[int, typer.Option("--jobs", min=0, hidden=True, help="Old spelling: processes, 0 = all "
+                                                                         "cores.")] = None,
+    force: ForceOpt = False,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", "-r", help="Descend into "
+                                                                                     "sub-folders.")] = True,
+    null: NullOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Apply classical filters (scikit-image) to images or whole folders, as a pipeline.
 
@@ -52,6 +60,7 @@ def preprocess(
       find . -name '*.tif' -print0 | microcli preprocess - -0 -o out --op denoise:method=nlm
     """
     from ..io import find_images
+    from ..parallel import auto_workers
     from ..preprocess import Pipeline
     from ..preprocess.batch import plan_jobs, run_batch, summarize
 
@@ -59,29 +68,30 @@ def preprocess(
         list_ops()
         return
     if not inputs:
-        raise fail("no INPUTS given (files, folders or '-'); see --help", 2)
+        abort("no INPUTS given (files, folders or '-'); see --help", 2)
     if out_dir is None:
-        raise fail("missing --out/-o OUTPUT_FOLDER", 2)
+        abort("missing --out/-o OUTPUT_FOLDER", 2)
     with errors_to_exit():
         if pipeline_file is not None:
             if op:
-                raise fail("give either --op or --pipeline, not both", 2)
+                abort("give either --op or --pipeline, not both", 2)
             pipeline = Pipeline.from_json(pipeline_file.read_text())
         else:
             pipeline = Pipeline.parse(op or [])
         if not pipeline:
-            raise fail("no --op given; see 'microcli preprocess --list'", 2)
+            abort("no --op given; see 'microcli preprocess --list'", 2)
         found = list(find_images(inputs, recursive=recursive, stdin=stdin_stream(), nul=null, exclude=[out_dir]))
         if not found:
-            raise fail("no images found in " + ", ".join(inputs), 1)
+            abort("no images found in " + ", ".join(inputs), 1)
         plan = plan_jobs(found, out_dir, force=force)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "pipeline.json").write_text(pipeline.to_json() + "\n")
         summary = None
         with progress(quiet) as bar:
             task = bar.add_task("preprocess", total=len(plan))
-            for result, summary in summarize(run_batch(plan, pipeline, n_jobs=jobs or os.cpu_count(),
-                                                       max_pixels=max_pixels, force=force)):
+            n = (jobs or os.cpu_count()) if jobs is not None else auto_workers(workers)
+            for result, summary in summarize(run_batch(plan, pipeline, workers=n, max_pixels=max_pixels,
+                                                       force=force)):
                 for w in result.warnings:
                     err.print(f"[yellow]warning:[/] {w}", markup=True)
                 if not result.ok:

@@ -1,66 +1,22 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from .common import EXIT_CODES, err, errors_to_exit, fail, progress
+from ..models import REGISTRY
+from ..options import Arch, Cache, Channels, ClassWeights, Device, Fit, Optimizer, Precision
+from .common import (EXIT_CODES, DeviceOpt, MaxPixelsOpt, PrecisionOpt, ThreadsOpt, WorkersOpt, abort, err,
+                     errors_to_exit, progress)
 
-
-class Arch(str, Enum):
-    lenet = "lenet"
-    resnet18 = "resnet18"
-    resnet34 = "resnet34"
-    resnet50 = "resnet50"
-
-
-class Fit(str, Enum):
-    resize = "resize"
-    crop = "crop"
-
-
-class Channels(str, Enum):
-    auto = "auto"
-    one = "1"
-    three = "3"
-
-
-class Optimizer(str, Enum):
-    adamw = "adamw"
-    sgd = "sgd"
-
-
-class ClassWeights(str, Enum):
-    none = "none"
-    balanced = "balanced"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class Cache(str, Enum):
-    auto = "auto"
-    ram = "ram"
-    none = "none"
+_LR_HELP = ", ".join(f"{m.default_lr:g} {n}" for n, m in REGISTRY.items())
 
 
 def list_models() -> None:
     from rich.table import Table
 
-    from ..models import REGISTRY
     from .common import out
 
     t = Table(title="architectures (--arch)")
@@ -72,45 +28,52 @@ def list_models() -> None:
 
 
 def train(
-    data: Path = typer.Argument(None, help="Class folders, train/val/test folders, or a CSV manifest "
-                                           "(path,label[,group][,split])."),
-    out_dir: Path = typer.Option(None, "--out", "-o", help="Run folder for best.pt, last.pt, metrics, report."),
-    arch: Arch = typer.Option(Arch.lenet, "--arch", "-a", help="Backbone (see --list-models)."),
-    epochs: int = typer.Option(None, "--epochs", "-e", min=1, help="Epochs [default: 30; with --resume: the run's]."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Smaller for tiny data sets."),
-    lr: float = typer.Option(None, "--lr", min=0, help="Peak learning rate (default: 3e-3 lenet, 1e-3 resnets)."),
-    optimizer: Optimizer = typer.Option(Optimizer.adamw, "--optimizer"),
-    weight_decay: float = typer.Option(0.05, "--weight-decay", min=0),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", min=0, help="Linear warm-up, then cosine decay."),
-    label_smoothing: float = typer.Option(0.1, "--label-smoothing", min=0, max=0.5),
-    class_weights: ClassWeights = typer.Option(ClassWeights.none, "--class-weights"),
-    patience: int = typer.Option(10, "--patience", min=0, help="Early stop after N epochs without a better "
-                                                               "validation macro-F1 (0: never)."),
-    val_split: float = typer.Option(0.2, "--val-split", min=0.01, max=0.9, help="Held-out share per class."),
-    seed: int = typer.Option(0, "--seed"),
-    img_size: int = typer.Option(0, "--img-size", min=0, help="Network input side (0: median image side, "
-                                                              "at most 224)."),
-    channels: Channels = typer.Option(Channels.auto, "--channels", help="auto: 1 when every image is gray."),
-    fit: Fit = typer.Option(Fit.resize, "--fit", help="resize: whole image to the input size; crop: native "
-                                                      "pixel scale, random crops in training."),
-    preprocess: str = typer.Option("", "--preprocess", "-p", help="Classical ops before the network, "
-                                                                  "'op:k=v|op:k=v' (see microcli filters)."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, 90-degree rotations, scale, "
-                                                                      "brightness/contrast/gamma, noise, blur."),
-    pretrained: str = typer.Option(None, "--pretrained", help="'imagenet' (online) or a torchvision "
-                                                              "state_dict file (ResNets)."),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16 (or fp16) AMP on CUDA, "
-                                                                            "bf16 on CPUs with native bf16, else fp32."),
-    device: Device = typer.Option(Device.auto, "--device"),
-    workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: all cores, 0: none)."),
-    threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: all cores)."),
-    cache: Cache = typer.Option(Cache.auto, "--cache", help="Keep decoded images in RAM (auto: when they fit)."),
-    deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic kernels (slower)."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable image instead of skipping."),
-    max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse images with more pixels (default 200M)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing run folder."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder from its last.pt."),
-    list_models_: bool = typer.Option(False, "--list-models", help="List the architectures, then exit."),
+    data: Annotated[Path, typer.Argument(help="Class folders, train/val/test folders, or a CSV manifest "
+                                              "(path,label[,group][,split]).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder for best.pt, last.pt, metrics, "
+                                                              "report.")] = None,
+    arch: Annotated[Arch, typer.Option("--arch", "-a", help="Backbone (see --list-models).")] = Arch("lenet"),
+    epochs: Annotated[int, typer.Option("--epochs", "-e", min=1, help="Epochs [default: 30; with --resume: the "
+                                                                      "run's].")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Smaller for tiny data sets.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", min=0, help=f"Peak learning rate (default: {_LR_HELP}).")] = None,
+    optimizer: Annotated[Optimizer, typer.Option("--optimizer")] = Optimizer.adamw,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0)] = 0.05,
+    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", min=0, help="Linear warm-up, then cosine "
+                                                                                "decay.")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0, max=0.5)] = 0.1,
+    class_weights: Annotated[ClassWeights, typer.Option("--class-weights")] = ClassWeights.none,
+    patience: Annotated[int, typer.Option("--patience", min=0, help="Early stop after N epochs without a better "
+                                                                    "validation macro-F1 (0: never).")] = 10,
+    val_split: Annotated[float, typer.Option("--val-split", min=0.01, max=0.9, help="Held-out share per "
+                                                                                    "class.")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    img_size: Annotated[int, typer.Option("--img-size", min=0, help="Network input side (0: median image side, "
+                                                                    "at most 224).")] = 0,
+    channels: Annotated[Channels, typer.Option("--channels", help="auto: 1 when every image is gray.")] = Channels.auto,
+    fit: Annotated[Fit, typer.Option("--fit", help="resize: whole image to the input size; crop: native pixel "
+                                                   "scale, random crops in training.")] = Fit.resize,
+    preprocess: Annotated[str, typer.Option("--preprocess", "-p", help="Classical ops before the network, "
+                                                                       "'op:k=v|op:k=v' (see microcli filters).")] = "",
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flips, 90-degree rotations, scale, "
+                                                                         "brightness/contrast/gamma, noise, "
+                                                                         "blur.")] = True,
+    pretrained: Annotated[str, typer.Option("--pretrained", help="'imagenet' (online) or a torchvision "
+                                                                 "state_dict file (ResNets).")] = None,
+    precision: PrecisionOpt = Precision.auto,
+    device: DeviceOpt = Device.auto,
+    workers: WorkersOpt = -1,
+    threads: ThreadsOpt = 0,
+    cache: Annotated[Cache, typer.Option("--cache", help="Keep decoded images in RAM (auto: when they "
+                                                         "fit).")] = Cache.auto,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels (slower).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable image instead of "
+                                                          "skipping.")] = False,
+    max_pixels: MaxPixelsOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
+    resume: Annotated[Path, typer.Option("--resume", help="Continue the run in this folder from its "
+                                                          "last.pt.")] = None,
+    list_models_: Annotated[bool, typer.Option("--list-models", help="List the architectures, then exit.")] = False,
 ) -> None:
     """Train a CNN on labelled micrographs and write a run folder.
 
@@ -131,20 +94,19 @@ def train(
         list_models()
         return
     with errors_to_exit():
-        from ..train import TrainConfig, fit as run_fit, resume_config
+        from ..config import TrainConfig
 
         if resume is not None:
-            cfg = resume_config(resume, epochs=epochs,
-                                data=str(data) if data is not None else None)
+            from ..train import resume_config
+
+            cfg = resume_config(resume, epochs=epochs, data=str(data) if data is not None else None)
         else:
             if data is None or out_dir is None:
-                raise fail("give DATA and --out RUN_DIR (or --resume RUN_DIR)", 2)
-            cfg = TrainConfig(
-                str(data), str(out_dir), arch.value, epochs or 30, batch_size, lr, optimizer.value, weight_decay, 0.9,
-                warmup_epochs, label_smoothing, class_weights.value, patience, val_split, seed, img_size,
-                channels.value, fit.value, preprocess, augment, pretrained, precision.value, device.value,
-                workers, threads, cache.value, deterministic, strict, max_pixels, force)
-        result = _run_with_progress(run_fit, cfg, resume is not None)
+                abort("give DATA and --out RUN_DIR (or --resume RUN_DIR)", 2)
+            options = dict(locals())  # every option by its own name: no positional slips
+            cfg = TrainConfig(**{k: options[k] for k in _CONFIG_FIELDS if options.get(k) is not None},
+                              data=str(data), out=str(out_dir))
+        result = _run_with_progress(cfg, resume is not None)
     _render(result)
     if result.interrupted:
         err.print(f"[yellow]interrupted[/]: last.pt written; resume with:\n  {result.resume_command}", markup=True)
@@ -154,6 +116,11 @@ def train(
 
 
 train.__doc__ += "\n\n" + EXIT_CODES
+# The options that are TrainConfig fields of the same name (data and out are set apart).
+_CONFIG_FIELDS = ("arch", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing",
+                  "class_weights", "patience", "val_split", "seed", "img_size", "channels", "fit", "preprocess",
+                  "augment", "pretrained", "precision", "device", "workers", "threads", "cache", "deterministic",
+                  "strict", "max_pixels", "force")
 
 
 def _is_rank0() -> bool:
@@ -161,7 +128,9 @@ def _is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _run_with_progress(run_fit, cfg, resume: bool):
+def _run_with_progress(cfg, resume: bool):
+    from ..train import train_model
+
     rank0 = _is_rank0()
     with progress(quiet=not rank0) as bar:
         task = None
@@ -192,7 +161,7 @@ def _run_with_progress(run_fit, cfg, resume: bool):
                           f"{100 * r['train_acc']:5.1f}%  val loss {r['val_loss']:.4f} acc {100 * r['val_acc']:5.1f}% "
                           f"F1 {r['val_macro_f1']:.3f}  {r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s")
 
-        return run_fit(cfg, resume=resume, on_event=on_event)
+        return train_model(cfg, resume=resume, on_event=on_event)
 
 
 def _render(result) -> None:

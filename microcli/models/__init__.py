@@ -1,21 +1,61 @@
-"""Model registry: a name -> builder table and one factory, so every backbone gets the same checks."""
+"""The model registry: one entry per architecture, the only place that states an architecture's facts.
+
+An entry names the builder, a one-line summary, the default peak learning rate, the torchvision
+ImageNet weights (if any) and the input sizes the network accepts. The CLI reads its choices and help
+from here, so this module must not import torch: builders are imported lazily when a model is made.
+
+Adding a backbone is one `register(...)` call here and a builder module beside this file.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """Facts about one architecture.
+
+    Attributes
+    ----------
+    name : the `--arch` value.
+    build : ``build(num_classes, in_channels) -> nn.Module``, importing torch only when called.
+    summary : one line for `--list-models` and the help text.
+    default_lr : peak learning rate when `--lr` is not given (AdamW with warm-up and cosine decay).
+    imagenet_weights : name of the torchvision weights enum (``ResNet18_Weights``) or None.
+    min_size, max_size : input sides (pixels) the network accepts; checked before any image is read.
+    """
+
     name: str
     build: Callable[[int, int], nn.Module]
     summary: str
-    pretrained: bool  # torchvision ImageNet weights exist
+    default_lr: float
+    imagenet_weights: str | None = None
+    min_size: int = 32
+    max_size: int = 2048
+
+    @property
+    def pretrained(self) -> bool:
+        """True when torchvision has ImageNet weights for it (`--pretrained imagenet`)."""
+        return self.imagenet_weights is not None
+
+
+REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register(info: ModelInfo) -> ModelInfo:
+    """Add an architecture to the registry (names are unique)."""
+    if info.name in REGISTRY:
+        raise ValueError(f"architecture {info.name!r} is registered twice")
+    REGISTRY[info.name] = info
+    return info
 
 
 def _lenet(num_classes: int, in_channels: int) -> nn.Module:
@@ -33,31 +73,75 @@ def _resnet(name: str) -> Callable[[int, int], nn.Module]:
     return build
 
 
-REGISTRY: dict[str, ModelInfo] = {
-    "lenet": ModelInfo("lenet", _lenet, "LeNet-5 (LeCun 1998), ~60k parameters; fast, small data", False),
-    "resnet18": ModelInfo("resnet18", _resnet("resnet18"), "torchvision ResNet-18, 11M parameters", True),
-    "resnet34": ModelInfo("resnet34", _resnet("resnet34"), "torchvision ResNet-34, 21M parameters", True),
-    "resnet50": ModelInfo("resnet50", _resnet("resnet50"), "torchvision ResNet-50, 24M parameters", True),
-}
+# LeNet: two 5x5 convolutions and two 2x poolings need at least 16 px; 3e-3 suits its ~60k parameters.
+register(ModelInfo("lenet", _lenet, "LeNet-5 (LeCun 1998), ~60k parameters; fast, small data", 3e-3, min_size=16))
+# ResNets downsample 32x: below 32 px the last stages see 1x1 maps.
+register(ModelInfo("resnet18", _resnet("resnet18"), "torchvision ResNet-18, 11M parameters", 1e-3,
+                   "ResNet18_Weights"))
+register(ModelInfo("resnet34", _resnet("resnet34"), "torchvision ResNet-34, 21M parameters", 1e-3,
+                   "ResNet34_Weights"))
+register(ModelInfo("resnet50", _resnet("resnet50"), "torchvision ResNet-50, 24M parameters", 1e-3,
+                   "ResNet50_Weights"))
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The registry entry for `name`, or a UsageError that lists the choices."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown architecture {name!r} (choices: {', '.join(REGISTRY)})") from None
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 1) -> nn.Module:
-    if name not in REGISTRY:
-        raise UsageError(f"unknown architecture {name!r} (choices: {', '.join(REGISTRY)})")
-    return REGISTRY[name].build(num_classes, in_channels)
+    """A freshly initialised network of architecture `name`.
+
+    Parameters
+    ----------
+    name : a registry name (see ``REGISTRY``).
+    num_classes : size of the output layer.
+    in_channels : 1 (grayscale micrographs) or 3.
+
+    Raises
+    ------
+    UsageError : unknown architecture.
+
+    Examples
+    --------
+    >>> create_model("lenet", 6, 1)(torch.zeros(2, 1, 64, 64)).shape   # doctest: +SKIP
+    torch.Size([2, 6])
+    """
+    return get_model_info(name).build(num_classes, in_channels)
 
 
 def load_pretrained(model: nn.Module, arch: str, source: str) -> list[str]:
-    """`source` is 'imagenet' or a path to a torchvision state_dict file; returns the skipped keys."""
+    """Load pretrained weights into `model`.
+
+    Parameters
+    ----------
+    model : a model made by `create_model(arch, ...)`.
+    arch : its registry name.
+    source : 'imagenet' (torchvision's weights; needs the network or torch's cache) or the path of a
+        torchvision state_dict file, read with ``weights_only=True``.
+
+    Returns
+    -------
+    The keys that were not used (a classifier head of another size stays freshly initialised).
+
+    Raises
+    ------
+    UsageError : the architecture has no pretrained weights, or the file does not exist.
+    CheckpointError : the file is not a loadable state_dict of this architecture.
+    """
     import torch
 
     from ..errors import CheckpointError
     from .resnet import adapt_state_dict, imagenet_state_dict
 
-    if not REGISTRY[arch].pretrained:
+    info = get_model_info(arch)
+    if not info.pretrained:
         raise UsageError(f"--pretrained: no pretrained weights exist for {arch!r}")
     if source == "imagenet":
-        state = imagenet_state_dict(arch)
+        state = imagenet_state_dict(info.imagenet_weights)
     else:
         try:
             state = torch.load(source, map_location="cpu", weights_only=True)

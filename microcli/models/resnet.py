@@ -8,20 +8,18 @@ from torchvision import models as tvm
 
 from ..errors import CheckpointError, UsageError
 
-_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
-_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
-
-
 def build(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    model = _BUILDERS[name](weights=None, num_classes=num_classes)
+    """torchvision's `name` (resnet18, resnet34, ...) with a stem for `in_channels` and `num_classes` outputs."""
+    model = getattr(tvm, name)(weights=None, num_classes=num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
 
 
-def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet weights; needs the network (or torch's cache) and says so if offline."""
-    weights = getattr(tvm, _WEIGHTS[name]).IMAGENET1K_V1
+def imagenet_state_dict(weights_enum: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights (`weights_enum` as in the registry, e.g. ``ResNet18_Weights``);
+    needs the network (or torch's cache) and says so if offline."""
+    weights = getattr(tvm, weights_enum).IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # URLError, socket errors, hash mismatch

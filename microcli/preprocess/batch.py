@@ -93,14 +93,14 @@ def _process(args) -> FileResult:
     return process_one(*args)
 
 
-def run_batch(jobs: list[Job], pipeline: Pipeline, *, n_jobs: int | None = None, max_pixels: int | None = None,
+def run_batch(jobs: list[Job], pipeline: Pipeline, *, workers: int = 0, max_pixels: int | None = None,
               force: bool = False) -> Iterator[FileResult]:
-    """Yield one FileResult per job, in order, working in `n_jobs` processes (default: all cores)."""
-    n_jobs = n_jobs or os.cpu_count() or 1
+    """Yield one FileResult per job, in order, working in `workers` processes (0: in this process)."""
+    n = max(1, workers)
     # Small chunks keep the progress bar moving; several per worker keep the pool's overhead low.
-    chunk = max(1, min(16, len(jobs) // (n_jobs * 4)))
+    chunk = max(1, min(16, len(jobs) // (n * 4)))
     yield from bounded_map(_process, ((j, pipeline, max_pixels, force) for j in jobs),
-                           workers=0 if n_jobs == 1 or len(jobs) <= 2 else n_jobs, chunk=chunk, ahead=4 * n_jobs)
+                           workers=0 if workers <= 1 or len(jobs) <= 2 else workers, chunk=chunk, ahead=4 * n)
 
 
 def summarize(results: Iterable[FileResult]) -> Iterator[tuple[FileResult, BatchSummary]]:

@@ -1,0 +1,191 @@
+"""Training configuration: what the user asked for (`TrainConfig`) and what was resolved from it and
+the data (`Resolved`). Both are written to the run's config.json.
+
+`TrainConfig` checks every field when it is made, before any file is read, so a wrong value fails at
+once with exit code 2 from the shell and with `UsageError` from Python. No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .errors import UsageError
+from .models import get_model_info
+from .options import Arch, Cache, Channels, ClassWeights, Device, Fit, Optimizer, Precision
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything `microcli train` takes, checked on creation.
+
+    Parameters
+    ----------
+    data : class folders, train/val/test folders or a CSV manifest.
+    out : the run folder.
+    arch : a registry name (``microcli.models.REGISTRY``).
+    epochs, batch_size : length of training and images per optimiser step (smaller for tiny sets).
+    lr : peak learning rate; None takes the architecture's default from the registry.
+    optimizer, weight_decay, momentum : AdamW or SGD (Nesterov, `momentum`); decay on weights only.
+    warmup_epochs : linear warm-up before the cosine decay.
+    label_smoothing : cross-entropy label smoothing, 0..0.5.
+    class_weights : 'none' or 'balanced' (inverse class frequency).
+    patience : early stop after this many epochs without a better validation macro-F1 (0: never).
+    val_split : held-out share per class when the data is not split already.
+    seed : one seed for the split, initialisation, batch order and augmentation.
+    img_size : network input side; 0 chooses the median shorter image side, clamped to the
+        architecture's range and at most 224.
+    channels, fit, preprocess : how files become input (see `microcli.inputs.InputSpec`).
+    augment : batched flips, rotations, scale, intensity, noise and blur.
+    pretrained : 'imagenet' or the path of a torchvision state_dict (ResNets).
+    precision, device, threads : where and how the arithmetic runs.
+    workers : decoding processes; -1 chooses from the core count, 0 decodes in this process.
+    cache : keep decoded images in RAM ('auto': when they fit in half the free memory).
+    deterministic, strict : deterministic kernels; stop at the first unreadable image.
+    max_pixels : decompression-bomb guard per image (None: the default; 0: no limit).
+    force : replace an existing run folder.
+
+    Raises
+    ------
+    UsageError : a value out of range or not among the choices; the message names the option.
+
+    Examples
+    --------
+    >>> TrainConfig(data="sample_images", out="runs/a", arch="resnet18", fit="crop").fit
+    <Fit.crop: 'crop'>
+    """
+
+    data: str
+    out: str
+    arch: Arch = Arch("lenet")
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float | None = None
+    optimizer: Optimizer = Optimizer.adamw
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    class_weights: ClassWeights = ClassWeights.none
+    patience: int = 10
+    val_split: float = 0.2
+    seed: int = 0
+    img_size: int = 0
+    channels: Channels = Channels.auto
+    fit: Fit = Fit.resize
+    preprocess: str = ""
+    augment: bool = True
+    pretrained: str | None = None
+    precision: Precision = Precision.auto
+    device: Device = Device.auto
+    workers: int = -1
+    threads: int = 0
+    cache: Cache = Cache.auto
+    deterministic: bool = False
+    strict: bool = False
+    max_pixels: int | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # "crop" -> Fit.crop, with the choices in the message
+            kind = _ENUMS.get(f.name)
+            if kind is not None:
+                object.__setattr__(self, f.name, _choice(kind, getattr(self, f.name), f.name))
+        _check_ranges(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: enums as their values."""
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], **overrides: Any) -> TrainConfig:
+        """From config.json's "train" part (unknown keys ignored), with non-None `overrides` applied."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in saved.items() if k in names}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def lr_or_default(self) -> float:
+        return self.lr if self.lr is not None else get_model_info(self.arch.value).default_lr
+
+
+_ENUMS = {"arch": Arch, "optimizer": Optimizer, "class_weights": ClassWeights, "channels": Channels, "fit": Fit,
+          "precision": Precision, "device": Device, "cache": Cache}
+
+
+def _choice(kind: type[Enum], value: Any, name: str) -> Enum:
+    try:
+        return kind(value.value if isinstance(value, Enum) else str(value))
+    except ValueError:
+        raise UsageError(f"--{_flag(name)} must be one of {', '.join(m.value for m in kind)}, "
+                         f"got {value!r}") from None
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """One rule per option; the message names the option, the rule and the value received."""
+    info = get_model_info(cfg.arch.value)
+    rules = [
+        ("epochs", cfg.epochs >= 1, "at least 1"),
+        ("batch_size", cfg.batch_size >= 1, "at least 1"),
+        ("lr", cfg.lr is None or cfg.lr > 0, "greater than 0"),
+        ("weight_decay", cfg.weight_decay >= 0, "at least 0"),
+        ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
+        ("warmup_epochs", cfg.warmup_epochs >= 0, "at least 0"),
+        ("label_smoothing", 0 <= cfg.label_smoothing <= 0.5, "in [0, 0.5]"),
+        ("patience", cfg.patience >= 0, "at least 0 (0: never stop early)"),
+        ("val_split", 0 < cfg.val_split < 1, "in (0, 1)"),
+        ("img_size", cfg.img_size == 0 or info.min_size <= cfg.img_size <= info.max_size,
+         f"0 (auto) or {info.min_size}..{info.max_size} for {info.name}"),
+        ("workers", cfg.workers >= -1, "-1 (auto), 0 (in this process) or more"),
+        ("threads", cfg.threads >= 0, "at least 0 (0: all cores)"),
+        ("max_pixels", cfg.max_pixels is None or cfg.max_pixels >= 0, "at least 0 (0: no limit)"),
+    ]
+    for name, ok, rule in rules:
+        if not ok:
+            raise UsageError(f"--{_flag(name)} must be {rule}, got {getattr(cfg, name)!r}")
+    from .preprocess import Pipeline
+
+    Pipeline.parse(cfg.preprocess)  # PipelineError (exit 2) names the op and the parameter
+    if cfg.pretrained is not None:
+        if not info.pretrained:
+            raise UsageError(f"--pretrained: no pretrained weights exist for {info.name!r} "
+                             f"(architectures with weights: {', '.join(_with_weights())})")
+        if cfg.pretrained != "imagenet" and not os.path.isfile(cfg.pretrained):
+            raise UsageError(f"--pretrained {cfg.pretrained}: no such file (give 'imagenet' or a state_dict file)")
+
+
+def _with_weights() -> list[str]:
+    from .models import REGISTRY
+
+    return [n for n, m in REGISTRY.items() if m.pretrained]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a run settled on, from the config, the data and the machine, with the reason for each
+    automatic choice. Written to config.json as "resolved"."""
+
+    channels: int
+    img_size: int
+    device: str
+    precision: str
+    cache: str
+    workers: int
+    world_size: int
+    batch_size: int
+    steps_per_epoch: int
+    lr: float
+    input: dict
+    augment: dict | None
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
