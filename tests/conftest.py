@@ -48,10 +48,36 @@ def synth_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory) -> Path:
-    """A LeNet run on sample_images (12 epochs, a few seconds), shared by evaluate/predict/info tests."""
-    from microcli.train import TrainConfig, train_model as fit
+def trained_result(tmp_path_factory):
+    """The one LeNet run on sample_images (12 epochs, a few seconds) that every test reading a trained run
+    shares: its TrainResult."""
+    from microcli.train import TrainConfig, train_model
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    fit(TrainConfig(data=str(REPO / "sample_images"), out=str(out), arch="lenet", epochs=12, workers=0))
-    return out
+    return train_model(TrainConfig(data=str(REPO / "sample_images"), out=str(out), arch="lenet", epochs=12,
+                                   workers=0))
+
+
+@pytest.fixture(scope="session")
+def trained_run(trained_result) -> Path:
+    """The shared LeNet run's folder."""
+    return trained_result.run_dir
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous), so parallel runs never collide."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+neu = pytest.mark.skipif(not NEU.is_dir(), reason="../shared/datasets/neu-det is not present")
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs the shared trained run is slow (it trains once per session)."""
+    for item in items:
+        if "trained_result" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

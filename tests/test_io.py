@@ -18,7 +18,7 @@ from microcli.errors import (
 )
 from microcli.io import MicrocliWarning, find_images, read_image, read_path_list, walk_images, write_image
 
-from .conftest import NEU, save_png
+from .conftest import NEU, neu, save_png
 
 
 def test_8bit_png_scaled_to_unit_range(tmp_path, gray8):
@@ -184,7 +184,8 @@ def test_no_warning_for_plain_files(tmp_path, gray8):
         read_image(save_png(tmp_path / "a.png", gray8))
 
 
-@pytest.mark.skipif(not NEU.is_dir(), reason="../shared/datasets/neu-det is not present")
+@neu
+@pytest.mark.neu
 def test_neu_det_jpegs_read_as_200px_grayscale():
     from microcli.data import discover
     from microcli.inputs import detect_channels

@@ -23,7 +23,9 @@ from microcli.inference import Predictor, eval_views
 from microcli.models import REGISTRY, create_model
 from microcli.train import TrainConfig, train_model as fit
 
-from .conftest import REPO
+from .conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow  # these train real models; `pytest -m "not slow"` skips them
 
 SAMPLE = REPO / "sample_images"
 runner = CliRunner()
@@ -35,12 +37,10 @@ def small(tmp_path, name="run", **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.fixture(scope="module")
-def lenet_run(tmp_path_factory):
-    """LeNet trained 8 epochs on sample_images, shared by the tests that only read the run."""
-    out = tmp_path_factory.mktemp("lenet") / "run"
-    result = fit(TrainConfig(data=str(SAMPLE), out=str(out), arch="lenet", epochs=8, workers=0))
-    return result
+@pytest.fixture
+def lenet_run(trained_result):
+    """The session's shared LeNet run (12 epochs on sample_images)."""
+    return trained_result
 
 
 def test_lenet_learns_well_above_chance_and_writes_the_run(lenet_run):
@@ -52,7 +52,7 @@ def test_lenet_learns_well_above_chance_and_writes_the_run(lenet_run):
     assert lenet_run.best_score > 2.5 * chance  # macro-F1 on the held-out 20 %
     assert lenet_run.report["overall"]["accuracy"] >= 0.5
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
     assert set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds",
                             "images_per_s"}
     cfg = json.loads((run / "config.json").read_text())
@@ -250,7 +250,7 @@ def test_list_models_on_stdout():
 
 def test_torchrun_two_processes_write_one_bundle(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "microcli", "train", str(SAMPLE), "-o", str(tmp_path / "ddp"), "--epochs", "2", "--img-size", "32",
            "--workers", "0", "--threads", "1"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
