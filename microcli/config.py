@@ -47,6 +47,10 @@ class TrainConfig:
     deterministic, strict : deterministic kernels; stop at the first unreadable image.
     max_pixels : decompression-bomb guard per image (None: the default; 0: no limit).
     force : replace an existing run folder.
+    group_by : a regular expression that takes each image's group (specimen) from its file name: the
+        first capture group, or the whole match (see `microcli.splits.groups_from_names`).
+    folds : 0 trains one model; K >= 2 runs stratified group K-fold cross-validation.
+    refit : after cross-validation, train one final model on all the data with the same recipe.
 
     Raises
     ------
@@ -88,6 +92,9 @@ class TrainConfig:
     strict: bool = False
     max_pixels: int | None = None
     force: bool = False
+    group_by: str | None = None
+    folds: int = 0
+    refit: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # "crop" -> Fit.crop, with the choices in the message
@@ -147,6 +154,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("workers", cfg.workers >= -1, "-1 (auto), 0 (in this process) or more"),
         ("threads", cfg.threads >= 0, "at least 0 (0: all cores)"),
         ("max_pixels", cfg.max_pixels is None or cfg.max_pixels >= 0, "at least 0 (0: no limit)"),
+        ("folds", cfg.folds == 0 or 2 <= cfg.folds <= 50, "0 (no cross-validation) or 2..50"),
+        ("refit", not cfg.refit or cfg.folds, "used with --folds K (it trains after the cross-validation)"),
     ]
     for name, ok, rule in rules:
         if not ok:
@@ -154,6 +163,10 @@ def _check_ranges(cfg: TrainConfig) -> None:
     from .preprocess import Pipeline
 
     Pipeline.parse(cfg.preprocess)  # PipelineError (exit 2) names the op and the parameter
+    if cfg.group_by is not None:
+        from .splits import compile_group_regex
+
+        compile_group_regex(cfg.group_by)
     if cfg.pretrained is not None:
         if not info.pretrained:
             raise UsageError(f"--pretrained: no pretrained weights exist for {info.name!r} "

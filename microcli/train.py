@@ -28,7 +28,7 @@ from torch import nn
 from .augment import AugmentConfig, augment
 from .checkpoint import Bundle, load_bundle, versions
 from .config import Resolved, TrainConfig
-from .data import Item, discover, split_items
+from .data import Item, discover
 from .dataset import DecodedSet, Source, choose_cache, decode_items
 from .errors import DataError
 from .inference import (Predictor, average_views, eval_views, model_logits, normalize, pick_device, pick_dtype,
@@ -40,6 +40,7 @@ from .parallel import auto_workers
 from .preprocess import Pipeline
 from .report import write_report_files
 from .runfolder import RunFolder
+from .splits import groups_from_names, stratified_group_split
 
 __all__ = ["TrainConfig", "TrainResult", "Event", "train_model", "train_decoded", "resume_config"]
 
@@ -142,17 +143,19 @@ class TrainData:
         return self.train.failed + self.val.failed
 
 
-def resolve_splits(cfg: TrainConfig) -> tuple[list[str], dict[str, list[Item]], str]:
-    """Class names, the train/val(/test) items and the kind of source ("folders", "manifest"...)."""
+def resolve_splits(cfg: TrainConfig) -> tuple[list[str], dict[str, list[Item]], str, list[str]]:
+    """Class names, the train/val(/test) items, the kind of source ("folders", "manifest"...) and the
+    split's warnings. Without a given val part, a stratified group split of `val_split` is drawn."""
     found = discover(cfg.data)
-    splits = dict(found.splits)
-    if not found.presplit:
-        splits = dict(zip(("train", "val"), split_items(splits.pop("all"), cfg.val_split, cfg.seed)))
-    elif "train" not in splits:
+    splits = {k: (groups_from_names(v, cfg.group_by) if cfg.group_by else list(v)) for k, v in found.splits.items()}
+    if found.presplit and "train" not in splits:
         raise DataError(f"{cfg.data}: split data needs a 'train' part")
-    elif "val" not in splits:
-        splits["train"], splits["val"] = split_items(splits["train"], cfg.val_split, cfg.seed)
-    return found.classes, splits, found.source
+    warnings: list[str] = []
+    if "val" not in splits:
+        drawn = stratified_group_split(splits.pop("all", None) or splits["train"], val=cfg.val_split, seed=cfg.seed)
+        splits["train"], splits["val"] = drawn.train, drawn.val
+        warnings = list(drawn.warnings)
+    return found.classes, splits, found.source, warnings
 
 
 def resolve_input(cfg: TrainConfig, train_items: list[Item], previous: Bundle | None) -> tuple[InputSpec, dict]:
@@ -349,7 +352,9 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | 
     env = Runtime.setup(cfg)
     run = RunFolder.open(cfg.out, resume=resume, force=cfg.force, main=env.main)
     previous = run.load_last() if resume else None
-    classes, splits, source = resolve_splits(cfg)
+    classes, splits, source, warnings = resolve_splits(cfg)
+    for w in warnings:
+        on_event(Event("message", text=f"warning: {w}"))
     if previous is not None and previous.classes != classes:
         raise DataError(f"--resume: the run was trained on classes {previous.classes}, but {cfg.data} has "
                         f"{classes}; start a new run instead")
@@ -359,12 +364,16 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | 
 
 
 def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtime, *, previous: Bundle | None = None,
-                  reasons: dict | None = None, on_event: Callback = _ignore) -> TrainResult:
-    """Train on images already decoded (`TrainData`) into `run`; the part of a run after reading files."""
+                  reasons: dict | None = None, final: bool = False, on_event: Callback = _ignore) -> TrainResult:
+    """Train on images already decoded (`TrainData`) into `run`; the part of a run after reading files.
+
+    `final=True` trains on all of `data.train` without validation (a refit after cross-validation):
+    `data.val` may be empty, and best.pt is the last epoch's model.
+    """
     classes = data.classes
     y_train, y_val = data.train.labels(classes), data.val.labels(classes)
     _check_counts(classes, y_train, "training")
-    if not len(data.val):
+    if not len(data.val) and not final:
         raise DataError("no readable validation images")
     spec = previous.input if previous is not None else data.train.normalised_spec()
     model, net = build_network(cfg, len(classes), spec.channels, env, previous)
@@ -390,15 +399,15 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
                       env.amp_dtype, spec, cfg.augment)
     source = Source(data.train, workers=workers, max_pixels=cfg.max_pixels)
     try:
-        loop = EpochLoop(ctx, source, torch.tensor(y_train), bs, steps, eval_views(data.val.arrays, spec), y_val,
-                         classes, model)
+        views = eval_views(data.val.arrays, spec) if len(data.val) else None
+        loop = EpochLoop(ctx, source, torch.tensor(y_train), bs, steps, views, y_val, classes, model)
         interrupted, stopped_early = _run_epochs(cfg, loop, state, run, env, bundle, on_event)
     finally:
         source.close()
     report = None
     if env.main and state.rows:
         run.write_curves(state.rows)
-        if run.has_best:
+        if run.has_best and len(data.val):
             report = final_report(run.path, data.val.items)
     if env.world > 1:
         dist.barrier()
@@ -416,7 +425,7 @@ class EpochLoop:
     y_train: torch.Tensor
     bs: int
     steps: int
-    val_views: tuple[torch.Tensor, np.ndarray]
+    val_views: tuple[torch.Tensor, np.ndarray] | None  # None: no validation (a final refit)
     y_val: list[int]
     classes: list[str]
     model: nn.Module  # unwrapped (DDP validates on the plain module)
@@ -440,17 +449,15 @@ def _run_epochs(cfg: TrainConfig, loop: EpochLoop, state: TrainState, run: RunFo
                 run.save_last(bundle({"epoch": state.epoch, "interrupted": True}, resumable=True))
                 return True, False
             tot = env.all_sum(tot)
-            val_probs, val_loss = validate(ctx.net if env.world == 1 else loop.model, loop.val_views, loop.y_val,
-                                           ctx.spec, env)
-            rep = confusion_report(loop.y_val, val_probs, loop.classes)
+            val = _validation_row(loop, env)
             seconds = time.perf_counter() - t0
             loss_sum, correct, seen = tot.tolist()
-            row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val_loss,
-                   "val_acc": rep["overall"]["accuracy"], "val_macro_f1": rep["overall"]["macro_f1"],
+            row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, **val,
                    "lr": ctx.opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds}
             state.rows.append(row)
             state.epoch = epoch
-            improved = state.stopper.update(epoch, row["val_macro_f1"])
+            # Without validation (a final refit) every epoch is the best so far: best.pt is the last one.
+            improved = state.stopper.update(epoch, epoch if loop.val_views is None else row["val_macro_f1"])
             metrics = {"epoch": epoch, **{k: row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}}
             run.write_epoch(row, best=bundle(metrics, resumable=False) if improved else None,
                             last=bundle(metrics, resumable=True))
@@ -459,6 +466,16 @@ def _run_epochs(cfg: TrainConfig, loop: EpochLoop, state: TrainState, run: RunFo
                 on_event(Event("message", text=f"early stop: no better validation macro-F1 for {cfg.patience} epochs"))
                 return False, True
     return False, False
+
+
+def _validation_row(loop: EpochLoop, env: Runtime) -> dict:
+    """val_loss, val_acc, val_macro_f1 of the current weights (NaN without validation)."""
+    if loop.val_views is None:
+        return {"val_loss": math.nan, "val_acc": math.nan, "val_macro_f1": math.nan}
+    model = loop.ctx.net if env.world == 1 else loop.model
+    probs, loss = validate(model, loop.val_views, loop.y_val, loop.ctx.spec, env)
+    rep = confusion_report(loop.y_val, probs, loop.classes, intervals=False)
+    return {"val_loss": loss, "val_acc": rep["overall"]["accuracy"], "val_macro_f1": rep["overall"]["macro_f1"]}
 
 
 def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:

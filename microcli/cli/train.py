@@ -71,6 +71,13 @@ def train(
                                                           "skipping.")] = False,
     max_pixels: MaxPixelsOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
+    group_by: Annotated[str, typer.Option("--group-by", help="REGEX: each image's group (specimen) from its file "
+                                                             "name, the first capture group or the whole "
+                                                             "match.")] = None,
+    folds: Annotated[int, typer.Option("--folds", min=0, help="K >= 2: stratified group K-fold cross-validation "
+                                                              "(RUN/fold-k/, RUN/cv_report.*).")] = 0,
+    refit: Annotated[bool, typer.Option("--refit", help="After --folds: one final model on all the data "
+                                                        "(RUN/final/).")] = False,
     resume: Annotated[Path, typer.Option("--resume", help="Continue the run in this folder from its "
                                                           "last.pt.")] = None,
     list_models_: Annotated[bool, typer.Option("--list-models", help="List the architectures, then exit.")] = False,
@@ -107,7 +114,7 @@ def train(
             cfg = TrainConfig(**{k: options[k] for k in _CONFIG_FIELDS if options.get(k) is not None},
                               data=str(data), out=str(out_dir))
         result = _run_with_progress(cfg, resume is not None)
-    _render(result)
+    _render_cv(result) if cfg.folds else _render(result)
     if result.interrupted:
         err.print(f"[yellow]interrupted[/]: last.pt written; resume with:\n  {result.resume_command}", markup=True)
         raise typer.Exit(130)
@@ -120,7 +127,7 @@ train.__doc__ += "\n\n" + EXIT_CODES
 _CONFIG_FIELDS = ("arch", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing",
                   "class_weights", "patience", "val_split", "seed", "img_size", "channels", "fit", "preprocess",
                   "augment", "pretrained", "precision", "device", "workers", "threads", "cache", "deterministic",
-                  "strict", "max_pixels", "force")
+                  "strict", "max_pixels", "force", "group_by", "folds", "refit")
 
 
 def _is_rank0() -> bool:
@@ -129,6 +136,7 @@ def _is_rank0() -> bool:
 
 
 def _run_with_progress(cfg, resume: bool):
+    from ..crossval import cross_validate
     from ..train import train_model
 
     rank0 = _is_rank0()
@@ -161,7 +169,8 @@ def _run_with_progress(cfg, resume: bool):
                           f"{100 * r['train_acc']:5.1f}%  val loss {r['val_loss']:.4f} acc {100 * r['val_acc']:5.1f}% "
                           f"F1 {r['val_macro_f1']:.3f}  {r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s")
 
-        return train_model(cfg, resume=resume, on_event=on_event)
+        run = cross_validate if cfg.folds else train_model
+        return run(cfg, resume=resume, on_event=on_event)
 
 
 def _render(result) -> None:
@@ -177,3 +186,20 @@ def _render(result) -> None:
         err.print(report_renderable(result.report, f"validation, best epoch {result.best_epoch}"))
     err.print(f"run folder: {result.run_dir}  (best.pt: epoch {result.best_epoch}, "
               f"validation macro-F1 {result.best_score:.3f})")
+
+
+def _render_cv(result) -> None:
+    if not _is_rank0():
+        return
+    from ..crossval import fold_summary_text
+    from ..report import report_renderable
+
+    for _, why in result.skipped:
+        err.print(f"[yellow]skipped:[/] {why}", markup=True)
+    if result.report is not None:
+        err.print(report_renderable(result.report, "cross-validation: out-of-fold predictions, pooled"))
+        err.print(fold_summary_text(result.report))
+    if result.refit is not None:
+        err.print(f"final model (all data, {result.refit.best_epoch} epochs): {result.refit.run_dir / 'best.pt'}")
+    err.print(f"run folder: {result.run_dir}  (cv_report.json, cv_report.txt, cv_predictions.csv, fold-1 ... "
+              f"fold-{len(result.folds)})")
