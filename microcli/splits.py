@@ -210,8 +210,9 @@ def _split_sides(items: Sequence[Item], *, val: float, test: float, seed: int) -
             g = mine[0]
             pinned[g] = True
             assign[g] = _TRAIN
-            what = (f"a single group ({groups.names[g]!r}, {groups.sizes[g]} images)" if groups.names[g] is not None
-                    else "a single image")
+            n = groups.sizes[g]
+            what = (f"a single group ({groups.names[g]!r}, {n} image{'s' if n != 1 else ''})"
+                    if groups.names[g] is not None else "a single image")
             messages.append(f"class {name!r} has {what}: it cannot be held out and stays in train")
             continue
         need[c, _TRAIN] = 1
@@ -471,7 +472,8 @@ def write_split_manifest(data: str | Path, output: str | Path, *, val: float = 0
         raise OutputExistsError(f"{output}: exists (use --force to overwrite)")
     found = discover(data)
     if found.presplit:
-        raise DataError(f"{data}: already split ({', '.join(found.splits)}); give unsplit class folders or a "
+        parts = ", ".join(s for s in SIDES if s in found.splits)
+        raise DataError(f"{data}: already split ({parts}); give unsplit class folders or a "
                         "manifest without a 'split' column")
     items = found.items()
     target = output.resolve()
