@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import typer
@@ -19,9 +20,11 @@ def split(
     seed: int = typer.Option(0, "--seed", help="Same data, same seed, same split."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (never an input)."),
 ) -> None:
-    """Split labelled images into train/val/test by group (specimen): all images of a group land on one side,
-    each held-out side gets about the asked fraction of every class, and every class with 2 groups or more is
-    held out. A class that cannot be held out (a single group) stays in train and is named in a warning.
+    """Split labelled images into train/val/test, keeping each group (specimen) on one side.
+
+    Each held-out side gets about the asked fraction of every class, and every class with 2 groups or more
+    is held out. A class that cannot be held out (a single group) stays in train and is named in a warning.
+    Without groups (no group column, no --group-by) every image is its own group.
 
     Writes a manifest that train and evaluate read as split data; prints the images per class and side on
     stderr. Paths in it are relative to its folder when the images lie under it.
@@ -48,4 +51,5 @@ def split(
     err.print(f"wrote {sum(len(v) for v in parts.values())} rows ({sizes}) to {done.path}")
 
 
-split.__doc__ += "\n\n" + EXIT_CODES
+# cleandoc first: an unindented line appended to an indented docstring would stop click from dedenting it
+split.__doc__ = inspect.cleandoc(split.__doc__) + "\n\n" + EXIT_CODES
