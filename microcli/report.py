@@ -41,6 +41,36 @@ def summary_table(report: dict, title: str = "summary") -> Table:
     return t
 
 
+def split_table(images: dict[str, dict[str, int]], groups: dict[str, dict[str, int]] | None = None,
+                title: str = "split (images per class)") -> Table:
+    """Images per class and side (`splits.per_class_counts`); with `groups`, "images (groups)" in each cell."""
+    sides = list(images)
+    classes = list(next(iter(images.values()))) if images else []
+    t = Table(title=title if groups is None else "split (images (groups) per class)")
+    t.add_column("class", no_wrap=True)
+    for s in [*sides, "total"]:
+        t.add_column(s, justify="right", no_wrap=True)
+
+    def cell(counts: list[int], gcounts: list[int] | None, i: int) -> str:
+        text = str(counts[i])
+        return text if gcounts is None else f"{text} ({gcounts[i]})"
+
+    def row(label: str, pick) -> None:
+        counts = [pick(images[s]) for s in sides]
+        counts.append(sum(counts))
+        gcounts = None
+        if groups is not None:
+            gcounts = [pick(groups[s]) for s in sides]
+            gcounts.append(sum(gcounts))
+        t.add_row(label, *(cell(counts, gcounts, i) for i in range(len(counts))),
+                  style="bold" if label == "total" else None)
+
+    for c in classes:
+        row(c, lambda d, c=c: d[c])
+    row("total", lambda d: sum(d.values()))
+    return t
+
+
 def per_class_table(report: dict) -> Table:
     t = Table(title="per class (conf.: mean softmax confidence of right / wrong predictions)")
     t.add_column("class", no_wrap=True)

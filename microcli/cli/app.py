@@ -10,6 +10,7 @@ from .evaluate import evaluate
 from .info import info
 from .predict import predict
 from .preprocess import list_ops, preprocess
+from .split import split
 from .synth import synth
 from .train import train
 
@@ -40,6 +41,7 @@ def root(
 app.command()(synth)
 app.command()(preprocess)
 app.command("filters")(list_ops)
+app.command()(split)
 app.command()(train)
 app.command()(evaluate)
 app.command()(predict)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import typer
@@ -29,4 +30,5 @@ def synth(
     err.print(f"wrote {n} images in {len(CLASSES)} classes to {out_dir}")
 
 
-synth.__doc__ += "\n\n" + EXIT_CODES
+# cleandoc first: an unindented line appended to an indented docstring would stop click from dedenting it
+synth.__doc__ = inspect.cleandoc(synth.__doc__) + "\n\n" + EXIT_CODES
