@@ -9,11 +9,8 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from .errors import DataError
 from .io import walk_images
@@ -108,50 +105,6 @@ def _read_manifest(path: Path) -> Discovered:
     if "all" in items and len(items) > 1:
         raise DataError(f"{path}: either every row has a split or none does")
     return Discovered(sorted(per_class), dict(items), "manifest")
-
-
-def split_items(items: Sequence[Item], val_fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
-    """Stratified split; items sharing a group (specimen) always land on the same side."""
-    if not 0 < val_fraction < 1:
-        raise DataError(f"--val-split must be in (0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    by_class: dict[str, list[Item]] = defaultdict(list)
-    for it in items:
-        by_class[it.label].append(it)
-    val_ids: set[int] = set()
-    for label in sorted(by_class):
-        members = by_class[label]
-        if len(members) < 2:
-            raise DataError(f"class {label!r} has {len(members)} image(s); at least 2 are needed to train and validate")
-        groups: dict[str, list[Item]] = defaultdict(list)
-        for i, it in enumerate(members):
-            groups[it.group if it.group is not None else f"\0{i}"].append(it)
-        keys = sorted(groups)
-        rng.shuffle(keys)
-        target = max(1, round(val_fraction * len(members)))
-        taken = 0
-        for k in keys:
-            size = len(groups[k])
-            if taken >= target:
-                break
-            if taken + size >= len(members) or (taken and taken + size > 1.5 * target):
-                continue  # keep something to train on; do not overshoot the fraction much
-            val_ids.update(id(x) for x in groups[k])
-            taken += size
-        if taken == 0:
-            raise DataError(f"class {label!r}: its images come from one group, so none can be held out for validation")
-    # Group integrity across classes: a group whose images span classes must not straddle the split.
-    group_side: dict[str, set[bool]] = defaultdict(set)
-    for it in items:
-        if it.group is not None:
-            group_side[it.group].add(id(it) in val_ids)
-    straddling = sorted(g for g, sides in group_side.items() if len(sides) > 1)
-    for it in items:
-        if it.group in straddling:
-            val_ids.discard(id(it))
-    train = [it for it in items if id(it) not in val_ids]
-    val = [it for it in items if id(it) in val_ids]
-    return train, val
 
 
 def write_split_csv(path: str | Path, splits: dict[str, list[Item]]) -> None:

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from microcli.checkpoint import load_bundle
 from microcli.cli.app import app
-from microcli.data import Item, split_items
 from microcli.errors import CheckpointError, DataError, OutputExistsError
 from microcli.inference import Predictor, eval_views
 from microcli.models import REGISTRY, create_model
@@ -141,20 +140,6 @@ def test_non_bundle_files_are_refused(tmp_path):
         load_bundle(tmp_path / "junk.pt")
 
 
-def test_groups_never_straddle_the_split():
-    items = [Item(f"{c}_{g}_{i}.png", c, f"specimen-{c}-{g}") for c in "ab" for g in range(6) for i in range(4)]
-    train, val = split_items(items, 0.3, seed=1)
-    assert {it.group for it in train}.isdisjoint({it.group for it in val})
-    assert {it.label for it in val} == {"a", "b"} and len(train) + len(val) == len(items)
-
-
-def test_split_is_stratified_and_seeded():
-    items = [Item(f"{c}{i}", c) for c in "abc" for i in range(10)]
-    train, val = split_items(items, 0.2, seed=0)
-    assert sorted(it.label for it in val) == ["a", "a", "b", "b", "c", "c"]
-    assert split_items(items, 0.2, seed=0)[1] == val and split_items(items, 0.2, seed=5)[1] != val
-
-
 def make_classes(root: Path, spec: dict[str, int]) -> Path:
     for name, n in spec.items():
         (root / name).mkdir(parents=True)
@@ -166,13 +151,22 @@ def make_classes(root: Path, spec: dict[str, int]) -> Path:
 @pytest.mark.parametrize("spec,message", [
     ({"grain boundaries": 3, "empty one": 0}, r"empty class folder\(s\): 'empty one'"),
     ({"only": 4}, r"only one class \('only'\); a classifier needs at least two"),
-    ({"a": 3, "b b": 1}, r"class 'b b' has 1 image\(s\); at least 2 are needed"),
 ])
 def test_bad_data_sets_fail_before_training(tmp_path, spec, message):
     data = make_classes(tmp_path / "data", spec)
     with pytest.raises(DataError, match=message):
         fit(small(tmp_path, data=str(data)))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_class_that_cannot_be_held_out_trains_with_a_warning(tmp_path):
+    data = make_classes(tmp_path / "data", {"a": 6, "b b": 1})
+    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", "--workers", "0",
+                            "--img-size", "32"])
+    assert r.exit_code == 0, r.stderr
+    assert "warning:" in r.stderr and "'b b'" in r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "run" / "split.csv")))
+    assert [r["split"] for r in rows if r["label"] == "b b"] == ["train"]
 
 
 def test_unreadable_images_are_skipped_and_listed_or_fail_with_strict(tmp_path, truncated_png):

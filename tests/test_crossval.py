@@ -1,0 +1,130 @@
+"""Cross-validation end to end: real images, real training, real processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from microcli.checkpoint import load_bundle
+from microcli.cli.app import app
+from microcli.crossval import cross_validate
+from microcli.config import TrainConfig
+from microcli.data import discover
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+SAMPLE = REPO / "sample_images"
+runner = CliRunner()
+
+
+def grouped_manifest(tmp_path: Path, per_group: int = 4) -> Path:
+    """sample_images with every `per_group` consecutive images of a class made one specimen."""
+    rows = [("path", "label", "group")]
+    for c in sorted(p.name for p in SAMPLE.iterdir() if p.is_dir()):
+        for i, f in enumerate(sorted((SAMPLE / c).glob("*.png"))):
+            rows.append((str(f), c, f"{c}-{i // per_group}"))
+    path = tmp_path / "m.csv"
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cv")
+    cfg = TrainConfig(data=str(grouped_manifest(tmp)), out=str(tmp / "run"), epochs=2, img_size=32, workers=0,
+                      folds=3, refit=True)
+    return cross_validate(cfg)
+
+
+def test_out_of_fold_rows_cover_every_image_exactly_once(cv_run):
+    rows = list(csv.DictReader(open(cv_run.run_dir / "cv_predictions.csv")))
+    every = {it.path for it in discover(SAMPLE).items()}
+    assert len(rows) == len(every) == 192 and {r["path"] for r in rows} == every
+    assert {r["fold"] for r in rows} == {"1", "2", "3"}
+    assert set(rows[0]) >= {"path", "label", "group", "fold", "class", "confidence", "p_lamellar"}
+    groups: dict[str, set] = {}
+    for r in rows:
+        groups.setdefault(r["group"], set()).add(r["fold"])
+    assert all(len(f) == 1 for f in groups.values())  # a specimen is tested in one fold only
+
+
+def test_each_fold_is_a_normal_run_folder_tested_on_its_held_out_fold(cv_run):
+    oof = list(csv.DictReader(open(cv_run.run_dir / "cv_predictions.csv")))
+    for k in (1, 2, 3):
+        fold = cv_run.run_dir / f"fold-{k}"
+        assert (fold / "best.pt").is_file() and (fold / "metrics.csv").is_file()
+        split = list(csv.DictReader(open(fold / "split.csv")))
+        test = {r["path"] for r in split if r["split"] == "test"}
+        assert test == {r["path"] for r in oof if r["fold"] == str(k)}
+        trained = {r["group"] for r in split if r["split"] in ("train", "val")}
+        assert trained.isdisjoint({r["group"] for r in split if r["split"] == "test"})
+
+
+def test_cv_report_pools_the_folds_and_gives_intervals(cv_run):
+    rep = json.loads((cv_run.run_dir / "cv_report.json").read_text())
+    assert rep["overall"]["images"] == 192
+    folds = rep["folds"]
+    assert folds["k"] == 3 and len(folds["per_fold"]) == 3
+    for m in ("accuracy", "balanced_accuracy", "macro_f1"):
+        s = folds["summary"][m]
+        values = [f[m] for f in folds["per_fold"]]
+        assert s["mean"] == pytest.approx(sum(values) / 3)
+        assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
+    assert "95 % interval" in (cv_run.run_dir / "cv_report.txt").read_text()
+
+
+def test_refit_trains_one_final_model_on_all_images(cv_run):
+    final = load_bundle(cv_run.run_dir / "final" / "best.pt")
+    assert final.data_summary["train_images"] == 192 and final.data_summary["val_images"] == 0
+    assert cv_run.refit.best_epoch == final.metrics["epoch"] >= 1
+
+
+def test_more_folds_than_groups_is_refused(tmp_path):
+    r = runner.invoke(app, ["train", str(grouped_manifest(tmp_path, per_group=16)), "-o", str(tmp_path / "run"),
+                            "--folds", "5", "--epochs", "1", "--img-size", "32", "--workers", "0"])
+    assert r.exit_code == 1, r.stderr
+    assert "fold" in r.stderr and not (tmp_path / "run" / "fold-1").exists()
+
+
+def test_refit_needs_folds(tmp_path):
+    r = runner.invoke(app, ["train", str(SAMPLE), "-o", str(tmp_path / "run"), "--refit"])
+    assert r.exit_code == 2 and "--refit must be used with --folds K" in r.stderr
+
+
+def test_interrupted_cross_validation_resumes_at_its_fold(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "microcli", "train", str(grouped_manifest(tmp_path)), "-o", str(run), "--folds", "3",
+           "--epochs", "3", "--img-size", "32", "--workers", "0"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    seen, in_fold2 = [], False
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        seen.append(line)
+        in_fold2 = in_fold2 or line.startswith("fold 2/3")
+        if in_fold2 and line.startswith("epoch   1/3"):
+            break
+    p.send_signal(signal.SIGINT)
+    rest = p.stderr.read()
+    assert p.wait(timeout=120) == 130, "".join(seen) + rest
+    assert f"microcli train --resume {run}" in rest
+    assert (run / "fold-1" / "oof.json").is_file() and not (run / "fold-2" / "oof.json").exists()
+    fold2_epochs = load_bundle(run / "fold-2" / "last.pt").training_state["epoch"]
+
+    r = runner.invoke(app, ["train", "--resume", str(run)])
+    assert r.exit_code == 0, r.stderr
+    assert "fold 1: done before, kept" in r.stderr
+    rows = list(csv.DictReader(open(run / "fold-2" / "metrics.csv")))
+    assert [int(x["epoch"]) for x in rows] == [1, 2, 3]  # resumed after epoch `fold2_epochs`, none twice
+    assert fold2_epochs >= 1
+    assert len(list(csv.DictReader(open(run / "cv_predictions.csv")))) == 192
