@@ -3,15 +3,23 @@
 Conventions (also in the README): a 0/0 precision or recall is 0 (scikit-learn's zero_division=0);
 macro and balanced averages are taken over the classes that have support in the data, so a class the
 model knows but the data lacks is listed with support 0 without pulling the averages down.
+
+Intervals: a figure from a few hundred test images moves by points from one test set to the next. The
+report gives 95 % percentile-bootstrap intervals for accuracy, balanced accuracy and macro F1, over
+images or, when images come in groups (specimens), over whole groups, because images of one specimen
+succeed or fail together and count for less than independent ones. `fold_summary` gives the Student-t
+interval of a mean over cross-validation folds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-REPORT_SCHEMA_VERSION = 1
+# 2: overall gained ci95 and ci_method.
+REPORT_SCHEMA_VERSION = 2
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -32,9 +40,131 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int 
     return float(ece)
 
 
+def _batch_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro F1 of a stack of confusion matrices (B, K, K), rows true.
+    Same conventions as `confusion_report`: 0/0 is 0, averages over the classes present in each matrix."""
+    cm = np.asarray(cm, dtype=float)
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    support, predicted = cm.sum(2), cm.sum(1)
+    precision, recall = _div(tp, predicted), _div(tp, support)
+    f1 = _div(2 * precision * recall, precision + recall)
+    present = support > 0
+    n_present = present.sum(1).astype(float)
+    return {"accuracy": _div(tp.sum(1), support.sum(1)),
+            "balanced_accuracy": _div((recall * present).sum(1), n_present),
+            "macro_f1": _div((f1 * present).sum(1), n_present)}
+
+
+def bootstrap_intervals(y_true: Sequence[int], y_pred: Sequence[int], k_classes: int, *,
+                        groups: Sequence[Hashable | None] | None = None, n_boot: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, list[float] | None]:
+    """Percentile-bootstrap intervals of accuracy, balanced accuracy and macro F1.
+
+    Parameters
+    ----------
+    y_true, y_pred : sequence of int
+        True and predicted class indices, in ``range(k_classes)``.
+    k_classes : int
+        Number of classes.
+    groups : sequence, optional
+        The group (specimen) of each image; None entries are groups of their own. Given groups, whole
+        groups are resampled, so that images that succeed or fail together are not counted as
+        independent evidence. Without, images are resampled.
+    n_boot : int, keyword-only
+        Number of resamples.
+    seed : int, keyword-only
+        Same inputs, same seed, same interval.
+    level : float, keyword-only
+        Coverage, in (0, 1): 0.95 gives the 2.5th and 97.5th percentiles.
+
+    Returns
+    -------
+    dict
+        ``{"accuracy": [lo, hi], "balanced_accuracy": [lo, hi], "macro_f1": [lo, hi]}``; each None when
+        there are no images. Macro averages run over the classes present in each resample, as in
+        `confusion_report`.
+
+    Notes
+    -----
+    Every metric here is a function of the confusion matrix, so a resample is drawn as a matrix: over
+    images, the N draws fall into the cells as Multinomial(N, counts / N), which is exactly the law of
+    resampling N images with replacement and costs O(K^2) per resample whatever N; over G groups, the
+    G draws give each group a weight (Multinomial(G, 1/G)) and the matrix is the weighted sum of the
+    groups' matrices. 1000 resamples of 2000 images in 10 classes take a few milliseconds.
+    """
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(y_pred, dtype=int)
+    n, k = len(y), int(k_classes)
+    if len(p) != n or (groups is not None and len(groups) != n):
+        raise ValueError(f"y_true, y_pred and groups must have one entry per image: {n}, {len(p)}, "
+                         f"{None if groups is None else len(groups)}")
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got n_boot={n_boot}, level={level}")
+    if n == 0:
+        return {m: None for m in INTERVAL_METRICS}
+    if ((y < 0) | (y >= k) | (p < 0) | (p >= k)).any():
+        raise ValueError(f"class indices must be in range({k})")
+    rng = np.random.default_rng(seed)
+    cells = y * k + p
+    if groups is None:
+        counts = np.bincount(cells, minlength=k * k)
+        draws = rng.multinomial(n, counts / n, size=n_boot)
+    else:
+        index: dict = {}
+        gid = np.array([index.setdefault(g if g is not None else ("\0", i), len(index))
+                        for i, g in enumerate(groups)])
+        per_group = np.zeros((len(index), k * k))
+        np.add.at(per_group, (gid, cells), 1)
+        weights = rng.multinomial(len(index), np.full(len(index), 1 / len(index)), size=n_boot)
+        draws = weights @ per_group
+    values = _batch_metrics(draws.reshape(n_boot, k, k))
+    tail = (1 - level) / 2
+    return {m: [float(v) for v in np.quantile(values[m], [tail, 1 - tail])] for m in INTERVAL_METRICS}
+
+
+def fold_summary(values: Sequence[float]) -> dict:
+    """Mean, standard deviation and 95 % Student-t interval of a metric over cross-validation folds.
+
+    Parameters
+    ----------
+    values : sequence of float
+        One value per fold.
+
+    Returns
+    -------
+    dict
+        ``{"mean", "std", "ci95": [lo, hi], "n"}``: ``std`` is the sample standard deviation (ddof=1)
+        and ``ci95`` is ``mean -/+ t(0.975, n - 1) * std / sqrt(n)``. With one fold ``std`` and ``ci95``
+        are None. The interval is not clipped: with few, spread folds it can pass 1 for a score, which
+        says the folds are too few to pin the figure down.
+
+    Raises
+    ------
+    ValueError
+        No values.
+    """
+    from scipy.stats import t  # here, not at the top: scipy.stats costs 0.3 s to import
+
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or len(v) == 0:
+        raise ValueError("fold_summary needs one value per fold, got none")
+    mean = float(v.mean())
+    if len(v) < 2:
+        return {"mean": mean, "std": None, "ci95": None, "n": 1}
+    std = float(v.std(ddof=1))
+    half = float(t.ppf(0.975, len(v) - 1) * std / np.sqrt(len(v)))
+    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": int(len(v))}
+
+
 def confusion_report(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str],
-                     paths: Sequence[str] | None = None, *, top_k: int | None = None) -> dict:
-    """Everything about a set of softmax outputs `probs` (N, K) against true labels (N,)."""
+                     paths: Sequence[str] | None = None, *, top_k: int | None = None,
+                     groups: Sequence[Hashable | None] | None = None, intervals: bool = True) -> dict:
+    """Everything about a set of softmax outputs `probs` (N, K) against true labels (N,).
+
+    With ``intervals`` (default), ``overall["ci95"]`` holds 95 % bootstrap intervals of accuracy,
+    balanced accuracy and macro F1 (`bootstrap_intervals`, 1000 resamples, seed 0: the same data gives
+    the same interval), resampling whole `groups` (one per image) when given; ``overall["ci_method"]``
+    says which. Without, both are None."""
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(probs, dtype=np.float64)
     k = len(classes)
@@ -83,7 +213,15 @@ def confusion_report(y_true: Sequence[int], probs: np.ndarray, classes: Sequence
         "top_k_accuracy": float(topk_hits.mean()) if n else 0.0,
         "log_loss": float(-np.log(np.clip(p_true, 1e-15, 1)).mean()) if n else 0.0,
         "ece": expected_calibration_error(conf, correct),
+        "ci95": None,
+        "ci_method": None,
     }
+    if intervals and n:
+        n_boot = 1000
+        overall["ci95"] = bootstrap_intervals(y, pred, k, groups=groups, n_boot=n_boot)
+        n_groups = len({g if g is not None else ("\0", i) for i, g in enumerate(groups)}) if groups is not None else 0
+        overall["ci_method"] = (f"bootstrap over {n_groups} groups ({n_boot} resamples)" if groups is not None
+                                else f"bootstrap over images ({n_boot} resamples)")
     pairs = [{"true": classes[i], "predicted": classes[j], "count": int(cm[i, j])}
              for i in range(k) for j in range(k) if i != j and cm[i, j] > 0]
     pairs.sort(key=lambda d: (-d["count"], d["true"], d["predicted"]))

@@ -26,16 +26,28 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _with_interval(o: dict, key: str, fmt) -> str:
+    """'97.8 % (95.9-99.1)': the value and, when the report has one, its 95 % interval."""
+    ci = (o.get("ci95") or {}).get(key)
+    unit = " %" if fmt is _pct else ""
+    return fmt(o[key]) + unit + (f" ({fmt(ci[0])}-{fmt(ci[1])})" if ci else "")
+
+
 def summary_table(report: dict, title: str = "summary") -> Table:
+    """Overall metrics; accuracy, balanced accuracy and macro F1 with their 95 % intervals in brackets
+    (schema 2 reports; older ones show the values alone)."""
     o = report["overall"]
     t = Table(title=title, show_header=False)
     t.add_column("metric")
     t.add_column("value", justify="right")
-    rows = [("images", str(o["images"])), ("accuracy", _pct(o["accuracy"]) + " %"),
-            ("balanced accuracy", _pct(o["balanced_accuracy"]) + " %"), ("macro F1", _num(o["macro_f1"])),
+    rows = [("images", str(o["images"])), ("accuracy", _with_interval(o, "accuracy", _pct)),
+            ("balanced accuracy", _with_interval(o, "balanced_accuracy", _pct)),
+            ("macro F1", _with_interval(o, "macro_f1", _num)),
             ("macro precision / recall", f"{_num(o['macro_precision'])} / {_num(o['macro_recall'])}"),
             ("weighted F1", _num(o["weighted_f1"])), (f"top-{o['top_k']} accuracy", _pct(o["top_k_accuracy"]) + " %"),
             ("log loss", _num(o["log_loss"], 4)), ("expected calibration error", _num(o["ece"], 4))]
+    if o.get("ci_method"):
+        rows.append(("(in brackets: 95 % interval)", o["ci_method"]))
     for r in rows:
         t.add_row(*r)
     return t

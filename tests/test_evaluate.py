@@ -60,7 +60,8 @@ def test_report_schema_is_stable():
     assert set(r) == {"schema_version", "classes", "overall", "per_class", "confusion", "most_confused", "misclassified"}
     assert set(r["overall"]) == {"images", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall",
                                  "macro_f1", "weighted_precision", "weighted_recall", "weighted_f1", "top_k",
-                                 "top_k_accuracy", "log_loss", "ece"}
+                                 "top_k_accuracy", "log_loss", "ece", "ci95", "ci_method"}
+    assert r["schema_version"] == 2
     json.dumps(r)  # plain JSON types only
 
 
@@ -69,7 +70,12 @@ def test_json_on_stdout_is_pure_and_equals_the_train_report(trained_run):
     assert r.exit_code == 0, r.stderr
     rep = json.loads(r.stdout)
     train_rep = json.loads((trained_run / "val_report.json").read_text())
-    assert rep["overall"] == pytest.approx(train_rep["overall"])
+    intervals = ("ci95", "ci_method")
+    assert {k: v for k, v in rep["overall"].items() if k not in intervals} == \
+        pytest.approx({k: v for k, v in train_rep["overall"].items() if k not in intervals})
+    assert rep["overall"]["ci_method"] == train_rep["overall"]["ci_method"]
+    for metric, bounds in rep["overall"]["ci95"].items():
+        assert bounds == pytest.approx(train_rep["overall"]["ci95"][metric])
     assert rep["confusion"] == train_rep["confusion"] and rep["misclassified"] == train_rep["misclassified"]
     assert rep["source"]["split"] == "val"
 
@@ -113,7 +119,8 @@ def test_unknown_labels_are_excluded_with_exit_3(trained_run, tmp_path):
     assert rep["overall"]["images"] == 32 and rep["excluded_unknown_labels"] == {"bainite": 32}
     supports = {c["class"]: c["support"] for c in rep["per_class"]}
     assert supports["porosity"] == 32 and supports["equiaxed"] == 0
-    assert all(math.isfinite(v) for v in rep["overall"].values())
+    assert all(math.isfinite(v) for k, v in rep["overall"].items() if k not in ("ci95", "ci_method"))
+    assert all(math.isfinite(b) for bounds in rep["overall"]["ci95"].values() for b in bounds)
 
 
 def test_tta_runs(trained_run):
