@@ -112,7 +112,7 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
     if not known:
         raise DataError(f"none of the labels in the data ({', '.join(sorted(unknown))}) are classes of this model "
                         f"({', '.join(classes)})")
-    paths, labels, probs, failures = [], [], [], []
+    paths, labels, probs, groups, failures = [], [], [], [], []
     stream = predict_stream(predictor, [it.path for it in known], batch_size=batch_size, workers=workers,
                             max_pixels=max_pixels)
     for i, (item, pred) in enumerate(zip(known, stream)):
@@ -120,13 +120,17 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
             failures.append((item.path, pred.error))
         else:
             paths.append(item.path)
+            groups.append(item.group)
             labels.append(index[item.label])
             probs.append(pred.probs)
         if on_progress:
             on_progress(i + 1, len(known))
     if not paths:
         raise DataError("no image could be read: " + "; ".join(f for _, f in failures[:3]))
-    report = confusion_report(labels, np.stack(probs), classes, paths, top_k=top_k)
+    # Intervals resample whole specimens when the data names them (images of one specimen are not
+    # independent evidence), else single images.
+    report = confusion_report(labels, np.stack(probs), classes, paths, top_k=top_k,
+                              groups=groups if any(g is not None for g in groups) else None)
     report["excluded_unknown_labels"] = unknown
     report["failed"] = [{"path": p, "error": e} for p, e in failures]
     return EvalResult(report, unknown, failures)

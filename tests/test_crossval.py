@@ -90,8 +90,8 @@ def test_refit_trains_one_final_model_on_all_images(cv_run):
 
 
 def test_more_folds_than_groups_is_refused(tmp_path):
-    r = runner.invoke(app, ["train", str(grouped_manifest(tmp_path, per_group=16)), "-o", str(tmp_path / "run"),
-                            "--folds", "5", "--epochs", "1", "--img-size", "32", "--workers", "0"])
+    r = runner.invoke(app, ["train", str(grouped_manifest(tmp_path, per_group=32)), "-o", str(tmp_path / "run"),
+                            "--folds", "7", "--epochs", "1", "--img-size", "32", "--workers", "0"])
     assert r.exit_code == 1, r.stderr
     assert "fold" in r.stderr and not (tmp_path / "run" / "fold-1").exists()
 

@@ -85,7 +85,8 @@ def test_split_csv_has_every_image_once(lenet_run):
     rows = list(csv.DictReader(open(lenet_run.run_dir / "split.csv")))
     assert len(rows) == 192 and len({r["path"] for r in rows}) == 192
     val = [r for r in rows if r["split"] == "val"]
-    assert len(val) == 36 and {r["label"] for r in val} == {p.name for p in SAMPLE.iterdir() if p.is_dir()}
+    per_class = {c: sum(r["label"] == c for r in val) for c in (p.name for p in SAMPLE.iterdir() if p.is_dir())}
+    assert all(n in (6, 7) for n in per_class.values()), per_class  # 20 % of 32 images per class
 
 
 def test_resume_continues_from_the_next_epoch(tmp_path):
