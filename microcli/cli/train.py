@@ -27,57 +27,82 @@ def list_models() -> None:
     out.print(t)
 
 
+# Options of train alone (the shared ones are in common.py), grouped in --help by panel.
+_M, _S, _D, _H = "Model and input", "Schedule and loss", "Data and validation", "Machine"
+
+
+def _opt(kind, *flags: str, panel: str, **kw):
+    return Annotated[kind, typer.Option(*flags, rich_help_panel=panel, **kw)]
+
+
+_ArchOpt = _opt(Arch, "--arch", "-a", panel=_M, help="Backbone (see --list-models).")
+_ImgSizeOpt = _opt(int, "--img-size", panel=_M, min=0, help="Network input side (0: median image side, at most 224).")
+_ChannelsOpt = _opt(Channels, "--channels", panel=_M, help="auto: 1 when every image is gray.")
+_FitOpt = _opt(Fit, "--fit", panel=_M, help="resize: whole image to the input size; crop: native pixel scale, "
+                                            "random crops in training.")
+_PreprocessOpt = _opt(str, "--preprocess", "-p", panel=_M, help="Classical ops before the network, 'op:k=v|op:k=v' "
+                                                                "(see microcli filters).")
+_PretrainedOpt = _opt(str, "--pretrained", panel=_M, help="'imagenet' (online) or a torchvision state_dict file "
+                                                          "(ResNets).")
+_EpochsOpt = _opt(int, "--epochs", "-e", panel=_S, min=1, help="Epochs [default: 30; with --resume: the run's].")
+_BatchSizeOpt = _opt(int, "--batch-size", "-b", panel=_S, min=1, help="Smaller for tiny data sets.")
+_LrOpt = _opt(float, "--lr", panel=_S, min=0, help=f"Peak learning rate (default: {_LR_HELP}).")
+_OptimizerOpt = _opt(Optimizer, "--optimizer", panel=_S)
+_WeightDecayOpt = _opt(float, "--weight-decay", panel=_S, min=0)
+_WarmupEpochsOpt = _opt(float, "--warmup-epochs", panel=_S, min=0, help="Linear warm-up, then cosine decay.")
+_LabelSmoothingOpt = _opt(float, "--label-smoothing", panel=_S, min=0, max=0.5)
+_ClassWeightsOpt = _opt(ClassWeights, "--class-weights", panel=_S)
+_PatienceOpt = _opt(int, "--patience", panel=_S, min=0, help="Early stop after N epochs without a better validation "
+                                                             "macro-F1 (0: never).")
+_AugmentOpt = _opt(bool, "--augment/--no-augment", panel=_S, help="Flips, 90-degree rotations, scale, "
+                                                                  "brightness/contrast/gamma, noise, blur.")
+_SeedOpt = _opt(int, "--seed", panel=_S)
+_ValSplitOpt = _opt(float, "--val-split", panel=_D, min=0.01, max=0.9, help="Held-out share per class.")
+_GroupByOpt = _opt(str, "--group-by", panel=_D, help="REGEX: each image's group (specimen) from its file name, the "
+                                                     "first capture group or the whole match.")
+_FoldsOpt = _opt(int, "--folds", panel=_D, min=0, help="K >= 2: stratified group K-fold cross-validation "
+                                                       "(RUN/fold-k/, RUN/cv_report.*).")
+_RefitOpt = _opt(bool, "--refit", panel=_D, help="After --folds: one final model on all the data (RUN/final/).")
+_StrictOpt = _opt(bool, "--strict", panel=_D, help="Fail on the first unreadable image instead of skipping.")
+_CacheOpt = _opt(Cache, "--cache", panel=_H, help="Keep decoded images in RAM (auto: when they fit).")
+_DeterministicOpt = _opt(bool, "--deterministic", panel=_H, help="Deterministic kernels (slower).")
+
+
 def train(
     data: Annotated[Path, typer.Argument(help="Class folders, train/val/test folders, or a CSV manifest "
                                               "(path,label[,group][,split]).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder for best.pt, last.pt, metrics, "
                                                               "report.")] = None,
-    arch: Annotated[Arch, typer.Option("--arch", "-a", help="Backbone (see --list-models).")] = Arch("lenet"),
-    epochs: Annotated[int, typer.Option("--epochs", "-e", min=1, help="Epochs [default: 30; with --resume: the "
-                                                                      "run's].")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Smaller for tiny data sets.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", min=0, help=f"Peak learning rate (default: {_LR_HELP}).")] = None,
-    optimizer: Annotated[Optimizer, typer.Option("--optimizer")] = Optimizer.adamw,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0)] = 0.05,
-    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", min=0, help="Linear warm-up, then cosine "
-                                                                                "decay.")] = 1.0,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0, max=0.5)] = 0.1,
-    class_weights: Annotated[ClassWeights, typer.Option("--class-weights")] = ClassWeights.none,
-    patience: Annotated[int, typer.Option("--patience", min=0, help="Early stop after N epochs without a better "
-                                                                    "validation macro-F1 (0: never).")] = 10,
-    val_split: Annotated[float, typer.Option("--val-split", min=0.01, max=0.9, help="Held-out share per "
-                                                                                    "class.")] = 0.2,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    img_size: Annotated[int, typer.Option("--img-size", min=0, help="Network input side (0: median image side, "
-                                                                    "at most 224).")] = 0,
-    channels: Annotated[Channels, typer.Option("--channels", help="auto: 1 when every image is gray.")] = Channels.auto,
-    fit: Annotated[Fit, typer.Option("--fit", help="resize: whole image to the input size; crop: native pixel "
-                                                   "scale, random crops in training.")] = Fit.resize,
-    preprocess: Annotated[str, typer.Option("--preprocess", "-p", help="Classical ops before the network, "
-                                                                       "'op:k=v|op:k=v' (see microcli filters).")] = "",
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flips, 90-degree rotations, scale, "
-                                                                         "brightness/contrast/gamma, noise, "
-                                                                         "blur.")] = True,
-    pretrained: Annotated[str, typer.Option("--pretrained", help="'imagenet' (online) or a torchvision "
-                                                                 "state_dict file (ResNets).")] = None,
+    arch: _ArchOpt = Arch("lenet"),
+    epochs: _EpochsOpt = None,
+    batch_size: _BatchSizeOpt = 64,
+    lr: _LrOpt = None,
+    optimizer: _OptimizerOpt = Optimizer.adamw,
+    weight_decay: _WeightDecayOpt = 0.05,
+    warmup_epochs: _WarmupEpochsOpt = 1.0,
+    label_smoothing: _LabelSmoothingOpt = 0.1,
+    class_weights: _ClassWeightsOpt = ClassWeights.none,
+    patience: _PatienceOpt = 10,
+    val_split: _ValSplitOpt = 0.2,
+    seed: _SeedOpt = 0,
+    img_size: _ImgSizeOpt = 0,
+    channels: _ChannelsOpt = Channels.auto,
+    fit: _FitOpt = Fit.resize,
+    preprocess: _PreprocessOpt = "",
+    augment: _AugmentOpt = True,
+    pretrained: _PretrainedOpt = None,
     precision: PrecisionOpt = Precision.auto,
     device: DeviceOpt = Device.auto,
     workers: WorkersOpt = -1,
     threads: ThreadsOpt = 0,
-    cache: Annotated[Cache, typer.Option("--cache", help="Keep decoded images in RAM (auto: when they "
-                                                         "fit).")] = Cache.auto,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels (slower).")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable image instead of "
-                                                          "skipping.")] = False,
+    cache: _CacheOpt = Cache.auto,
+    deterministic: _DeterministicOpt = False,
+    strict: _StrictOpt = False,
     max_pixels: MaxPixelsOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
-    group_by: Annotated[str, typer.Option("--group-by", help="REGEX: each image's group (specimen) from its file "
-                                                             "name, the first capture group or the whole "
-                                                             "match.")] = None,
-    folds: Annotated[int, typer.Option("--folds", min=0, help="K >= 2: stratified group K-fold cross-validation "
-                                                              "(RUN/fold-k/, RUN/cv_report.*).")] = 0,
-    refit: Annotated[bool, typer.Option("--refit", help="After --folds: one final model on all the data "
-                                                        "(RUN/final/).")] = False,
+    group_by: _GroupByOpt = None,
+    folds: _FoldsOpt = 0,
+    refit: _RefitOpt = False,
     resume: Annotated[Path, typer.Option("--resume", help="Continue the run in this folder from its "
                                                           "last.pt.")] = None,
     list_models_: Annotated[bool, typer.Option("--list-models", help="List the architectures, then exit.")] = False,
