@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import UsageError
 from .models import get_model_info
-from .options import Arch, Cache, Channels, ClassWeights, Device, Fit, Optimizer, Precision
+from .options import Arch, Cache, Channels, ClassWeights, Device, Fit, Optimizer, Precision, Sampler
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,19 +26,25 @@ class TrainConfig:
     ----------
     data : class folders, train/val/test folders or a CSV manifest.
     out : the run folder.
-    arch : a registry name (``microcli.models.REGISTRY``).
-    epochs, batch_size : length of training and images per optimiser step (smaller for tiny sets).
+    arch : a registry name (``microcli.models.REGISTRY``), or 'auto' (see `microcli.recipe`).
+    epochs, batch_size : length of training and images per optimiser step; None: chosen from the data
+        (`microcli.recipe.choose_recipe`), the length by `time` when it is given.
+    time : minutes the whole run may take; the epochs are planned from the measured first ones.
     lr : peak learning rate; None takes the architecture's default from the registry.
     optimizer, weight_decay, momentum : AdamW or SGD (Nesterov, `momentum`); decay on weights only.
     warmup_epochs : linear warm-up before the cosine decay.
     label_smoothing : cross-entropy label smoothing, 0..0.5.
-    class_weights : 'none' or 'balanced' (inverse class frequency).
+    class_weights : 'none', 'balanced' (inverse class frequency) or 'effective' (effective number of
+        samples), normalised and bounded to [0.1, 10].
+    sampler : 'uniform', 'sqrt' or 'balanced' drawing of training images; 'auto' from the imbalance.
+    ema : validate and keep an exponential moving average of the weights.
     patience : early stop after this many epochs without a better validation macro-F1 (0: never).
     val_split : held-out share per class when the data is not split already.
     seed : one seed for the split, initialisation, batch order and augmentation.
     img_size : network input side; 0 chooses the median shorter image side, clamped to the
         architecture's range and at most 224.
-    channels, fit, preprocess : how files become input (see `microcli.inputs.InputSpec`).
+    channels, fit, preprocess : how files become input (see `microcli.inputs.InputSpec`); fit 'auto'
+        and preprocess None are chosen from the data.
     augment : batched flips, rotations, scale, intensity, noise and blur.
     pretrained : 'imagenet' or the path of a torchvision state_dict (ResNets).
     precision, device, threads : where and how the arithmetic runs.
@@ -64,9 +70,10 @@ class TrainConfig:
 
     data: str
     out: str
-    arch: Arch = Arch("lenet")
-    epochs: int = 30
-    batch_size: int = 64
+    arch: Arch = Arch("auto")
+    epochs: int | None = None
+    time: float | None = None
+    batch_size: int | None = None
     lr: float | None = None
     optimizer: Optimizer = Optimizer.adamw
     weight_decay: float = 0.05
@@ -74,13 +81,15 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     class_weights: ClassWeights = ClassWeights.none
+    sampler: Sampler = Sampler.auto
+    ema: bool = True
     patience: int = 10
     val_split: float = 0.2
     seed: int = 0
     img_size: int = 0
     channels: Channels = Channels.auto
-    fit: Fit = Fit.resize
-    preprocess: str = ""
+    fit: Fit = Fit.auto
+    preprocess: str | None = None
     augment: bool = True
     pretrained: str | None = None
     precision: Precision = Precision.auto
@@ -119,9 +128,15 @@ class TrainConfig:
     def lr_or_default(self) -> float:
         return self.lr if self.lr is not None else get_model_info(self.arch.value).default_lr
 
+    @property
+    def resolved(self) -> bool:
+        """True when no choice is left on auto (`microcli.recipe.choose_recipe` has run)."""
+        return (self.arch.value != "auto" and self.fit.value != "auto" and self.preprocess is not None
+                and self.batch_size is not None and self.epochs is not None and self.sampler.value != "auto")
+
 
 _ENUMS = {"arch": Arch, "optimizer": Optimizer, "class_weights": ClassWeights, "channels": Channels, "fit": Fit,
-          "precision": Precision, "device": Device, "cache": Cache}
+          "precision": Precision, "device": Device, "cache": Cache, "sampler": Sampler}
 
 
 def _choice(kind: type[Enum], value: Any, name: str) -> Enum:
@@ -138,10 +153,12 @@ def _flag(name: str) -> str:
 
 def _check_ranges(cfg: TrainConfig) -> None:
     """One rule per option; the message names the option, the rule and the value received."""
-    info = get_model_info(cfg.arch.value)
+    # auto picks a ResNet: its input range applies
+    info = get_model_info("resnet18" if cfg.arch.value == "auto" else cfg.arch.value)
     rules = [
-        ("epochs", cfg.epochs >= 1, "at least 1"),
-        ("batch_size", cfg.batch_size >= 1, "at least 1"),
+        ("epochs", cfg.epochs is None or cfg.epochs >= 1, "at least 1"),
+        ("time", cfg.time is None or cfg.time > 0, "greater than 0 (minutes)"),
+        ("batch_size", cfg.batch_size is None or cfg.batch_size >= 1, "at least 1"),
         ("lr", cfg.lr is None or cfg.lr > 0, "greater than 0"),
         ("weight_decay", cfg.weight_decay >= 0, "at least 0"),
         ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
@@ -162,14 +179,14 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise UsageError(f"--{_flag(name)} must be {rule}, got {getattr(cfg, name)!r}")
     from .preprocess import Pipeline
 
-    Pipeline.parse(cfg.preprocess)  # PipelineError (exit 2) names the op and the parameter
+    Pipeline.parse(cfg.preprocess or "")  # PipelineError (exit 2) names the op and the parameter
     if cfg.group_by is not None:
         from .splits import compile_group_regex
 
         compile_group_regex(cfg.group_by)
     if cfg.pretrained is not None:
         if not info.pretrained:
-            raise UsageError(f"--pretrained: no pretrained weights exist for {info.name!r} "
+            raise UsageError(f"--pretrained: no pretrained weights exist for {cfg.arch.value!r} "
                              f"(architectures with weights: {', '.join(_with_weights())})")
         if cfg.pretrained != "imagenet" and not os.path.isfile(cfg.pretrained):
             raise UsageError(f"--pretrained {cfg.pretrained}: no such file (give 'imagenet' or a state_dict file)")

@@ -29,7 +29,8 @@ from .parallel import auto_workers
 from .report import report_text, write_json
 from .runfolder import RunFolder
 from .splits import groups_from_names, stratified_group_kfold, stratified_group_split
-from .train import Callback, Event, Runtime, TrainData, TrainResult, _ignore, resolve_input, train_decoded
+from .train import (Callback, Event, Runtime, TrainData, TrainResult, _ignore, resolve_input, resolve_recipe,
+                    train_decoded)
 
 CV_FILES = ("config.json", "folds.csv", "cv_report.json", "cv_report.txt", "cv_predictions.csv")
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -75,7 +76,9 @@ def cross_validate(cfg: TrainConfig, *, resume: bool = False, on_event: Callback
     env = Runtime.setup(cfg)
     root = _open_root(Path(cfg.out), resume=resume, force=cfg.force, main=env.main)
     classes, items, held_out, source = _cv_items(cfg)
-    spec, reasons = resolve_input(cfg, items, None)
+    cfg, reasons = resolve_recipe(cfg, items, env, on_event)
+    spec, input_reasons = resolve_input(cfg, items, None)
+    reasons = {**reasons, **input_reasons}
     cache, _ = choose_cache(cfg.cache.value, len(items), spec)
     on_event(Event("message", text=f"{cfg.folds}-fold cross-validation: {len(classes)} classes, {len(items)} images; "
                                    f"{spec.channels} channel(s); cache: {cache}"))
@@ -163,8 +166,13 @@ def _run_fold(cfg, k, decoded, train_idx, test_idx, classes, source, cache, root
     again = resume and (fold_dir / "last.pt").is_file()
     run = RunFolder.open(fold_dir, resume=again, force=True, main=env.main)
     previous = run.load_last() if again else None
-    fold_cfg = replace(cfg, out=str(fold_dir), folds=0, refit=False, force=True)
+    fold_cfg = replace(cfg, out=str(fold_dir), folds=0, refit=False, force=True, time=_share(cfg))
     return train_decoded(fold_cfg, data, run, env, previous=previous, reasons=reasons, on_event=on_event)
+
+
+def _share(cfg: TrainConfig) -> float | None:
+    """--time for the whole cross-validation, shared evenly by the folds (and the refit)."""
+    return None if cfg.time is None else cfg.time / (cfg.folds + (1 if cfg.refit else 0))
 
 
 def _done_fold(fold_dir: Path) -> TrainResult:
@@ -232,12 +240,12 @@ def _write_predictions(path: Path, items: list[Item], fold: np.ndarray, oof: np.
 
 def _refit(cfg, decoded, classes, source, cache, root, env, folds, reasons, on_event) -> TrainResult:
     """One final model on every image, no validation, for the median best epoch of the folds."""
-    epochs = max(1, round(statistics.median(r.best_epoch for r in folds)))
+    epochs = max(1, round(statistics.median(r.best_epoch for r in folds)))  # time budget: not re-planned
     on_event(Event("message", text=f"refit on all {len(decoded)} images for {epochs} epochs (the folds' median "
                                    "best epoch)"))
     final_dir = root / "final"
     run = RunFolder.open(final_dir, resume=False, force=True, main=env.main)
     empty = decoded.subset([])
     data = TrainData(classes, decoded, empty, {}, source, cache)
-    final_cfg = replace(cfg, out=str(final_dir), folds=0, refit=False, force=True, epochs=epochs, patience=0)
+    final_cfg = replace(cfg, out=str(final_dir), folds=0, refit=False, force=True, epochs=epochs, patience=0, time=None)
     return train_decoded(final_cfg, data, run, env, reasons=reasons, final=True, on_event=on_event)

@@ -18,15 +18,25 @@ class Choice(str, Enum):
         return self.value
 
 
-# Built from the registry: adding a backbone there adds the choice here.
-Arch = Choice("Arch", {name: name for name in REGISTRY})
+# Built from the registry: adding a backbone there adds the choice here. auto: chosen from the data.
+Arch = Choice("Arch", {"auto": "auto", **{name: name for name in REGISTRY}})
 
 
 class Fit(Choice):
     """How an image becomes the network's square input."""
 
+    auto = "auto"  # training only: crop when the images are much larger than the input, else resize
     resize = "resize"  # shorter side to the input size, centre crop
     crop = "crop"  # native pixel scale: random crops in training, tiles averaged in evaluation
+
+
+class Sampler(Choice):
+    """How training draws images each epoch."""
+
+    auto = "auto"  # sqrt when the classes are imbalanced, else uniform
+    uniform = "uniform"  # every image once per epoch
+    sqrt = "sqrt"  # with replacement, weight 1/sqrt(class size)
+    balanced = "balanced"  # with replacement, weight 1/class size: every class equally often
 
 
 class Channels(Choice):
@@ -42,7 +52,8 @@ class Optimizer(Choice):
 
 class ClassWeights(Choice):
     none = "none"
-    balanced = "balanced"
+    balanced = "balanced"  # 1/class size, bounded
+    effective = "effective"  # 1/effective number of samples (Cui et al. 2019), bounded
 
 
 class Precision(Choice):

@@ -38,9 +38,12 @@ from .metrics import confusion_report
 from .models import create_model, get_model_info, load_pretrained
 from .parallel import auto_workers
 from .preprocess import Pipeline
+from .recipe import choose_recipe, class_weights, data_stats, plan_epochs, sample_weights
 from .report import write_report_files
 from .runfolder import RunFolder
 from .splits import groups_from_names, stratified_group_split
+
+MAX_TIMED_EPOCHS = 200  # the most epochs a --time budget plans
 
 __all__ = ["TrainConfig", "TrainResult", "Event", "train_model", "train_decoded", "resume_config"]
 
@@ -232,11 +235,12 @@ def batch_plan(batch_size: int, n_train: int, world: int) -> tuple[int, int]:
     return bs, max(1, per_rank // bs)
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int,
-                    env: Runtime) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
-                                                   torch.amp.GradScaler]:
+def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, env: Runtime,
+                    epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
+                                          torch.amp.GradScaler, WarmupCosine]:
     """AdamW or SGD with weight decay on weights only (not on biases and norms), linear warm-up then
-    cosine decay per step, and a gradient scaler that is active for fp16 only."""
+    cosine decay per step over `epochs` (the schedule can be re-planned), and a gradient scaler that is
+    active for fp16 only."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -245,28 +249,57 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int,
         opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
     else:
         opt = torch.optim.AdamW(groups, lr=lr)
-    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps_per_epoch, warmup))
-    return opt, sched, torch.amp.GradScaler(env.device.type, enabled=env.amp_dtype == torch.float16)
+    shape = WarmupCosine(epochs, steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, shape)
+    return opt, sched, torch.amp.GradScaler(env.device.type, enabled=env.amp_dtype == torch.float16), shape
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """The learning-rate factor per step: linear from 1/warmup to 1, then half a cosine down to 0."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+@dataclass
+class WarmupCosine:
+    """The learning-rate factor per step: linear from 1/warmup to 1, then half a cosine down to 0 after
+    `epochs` epochs. `epochs` may change during a run (a time budget re-plans them, a resumed run may
+    be given more)."""
+
+    epochs: int
+    steps_per_epoch: int
+    warmup_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        total = self.epochs * self.steps_per_epoch
+        progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return factor
+
+def build_ema(model: nn.Module, steps_per_epoch: int) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of the weights and BatchNorm statistics (torch's AveragedModel).
+
+    Its horizon is about one epoch (decay 1 - 1/steps_per_epoch, within 0.9..0.9999), so the model
+    validated and saved is the average of the last epoch's steps: validation on a small set then
+    swings far less from epoch to epoch. The decay ramps up over the first steps ((1+n)/(10+n), as timm
+    does), so that the random initialisation is forgotten quickly.
+    """
+    decay = min(0.9999, max(0.9, 1 - 1 / max(1, steps_per_epoch)))
+
+    @torch.no_grad()
+    def ema_update(ema_params, params, num_averaged):
+        d = min(decay, (1 + float(num_averaged)) / (10 + float(num_averaged)))
+        floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
+        if floats:  # AveragedModel calls this once per (device, dtype) group
+            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1 - d)
+        for e, p in zip(ema_params, params):
+            if not e.is_floating_point():  # BatchNorm's step counter
+                e.copy_(p)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
 
 
 def build_criterion(cfg: TrainConfig, labels: list[int], num_classes: int, device: torch.device) -> nn.Module:
-    """Cross-entropy with label smoothing; 'balanced' weights each class by N / (K * n_class)."""
-    weight = None
-    if cfg.class_weights.value == "balanced":
-        counts = np.bincount(labels, minlength=num_classes)
-        weight = torch.tensor(len(labels) / (num_classes * counts), dtype=torch.float32, device=device)
+    """Cross-entropy with label smoothing and, if asked, class weights (`microcli.recipe.class_weights`:
+    normalised and bounded, so that a rare class cannot blow the loss up)."""
+    w = class_weights(labels, num_classes, cfg.class_weights.value)
+    weight = None if w is None else torch.tensor(w, dtype=torch.float32, device=device)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
@@ -275,15 +308,19 @@ def build_criterion(cfg: TrainConfig, labels: list[int], num_classes: int, devic
 @dataclass
 class EarlyStopping:
     """Tracks the best validation score; `should_stop` after `patience` epochs without a better one
-    (patience 0: never)."""
+    (patience 0: never), but never before `min_epochs`: early in a schedule the learning rate is high and
+    a small validation set swings, so a run is not judged before half of it has passed."""
 
     patience: int
+    min_epochs: int = 0
     best_score: float = -1.0
     best_epoch: int = 0
     bad_epochs: int = 0
+    epoch: int = 0
 
     def update(self, epoch: int, score: float) -> bool:
         """Record an epoch's score; True when it is the best so far."""
+        self.epoch = epoch
         if score > self.best_score:
             self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
             return True
@@ -292,7 +329,7 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return bool(self.patience) and self.bad_epochs >= self.patience
+        return bool(self.patience) and self.bad_epochs >= self.patience and self.epoch >= self.min_epochs
 
 
 @dataclass
@@ -303,25 +340,48 @@ class TrainState:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    shape: WarmupCosine
     stopper: EarlyStopping
+    planned: int  # epochs in the schedule (re-planned under a time budget)
+    model: nn.Module  # the trained weights
+    ema: nn.Module | None = None  # their moving average, which is validated and saved
     epoch: int = 0
     rows: list[dict] = field(default_factory=list)
 
-    def restore(self, saved: dict | None) -> TrainState:
+    def restore(self, saved: dict | None, bundle_weights: dict | None, *, timed: bool = False) -> TrainState:
+        """Continue from last.pt's training_state (and its weights: the average, when EMA is on). The
+        schedule keeps the epochs asked for now, or, under a time budget, the ones planned then."""
         if saved:
             self.opt.load_state_dict(saved["optimizer"])
-            self.sched.load_state_dict(saved["scheduler"])
+            self.sched.load_state_dict(saved["scheduler"])  # also restores the WarmupCosine's fields
             self.scaler.load_state_dict(saved["scaler"])
             self.stopper = dataclasses.replace(self.stopper, **{k: saved[k] for k in (
-                "best_score", "best_epoch", "bad_epochs")})
+                "best_score", "best_epoch", "bad_epochs")}, epoch=saved["epoch"])
             self.epoch, self.rows = saved["epoch"], [dict(r) for r in saved["rows"]]
+            if timed:
+                self.planned = saved.get("planned", self.planned)
+            self.shape.epochs = self.planned
+            if "model" in saved:  # EMA runs keep the trained weights apart from the average
+                self.model.load_state_dict(saved["model"])
+            if self.ema is not None and bundle_weights is not None:
+                self.ema.module.load_state_dict(bundle_weights)
+                self.ema.n_averaged.fill_(saved.get("ema_steps", 0))
         return self
+
+    @property
+    def weights(self) -> nn.Module:
+        """The model that is validated and saved."""
+        return self.ema.module if self.ema is not None else self.model
 
     def to_dict(self) -> dict:
         s = self.stopper
-        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "best_score": s.best_score,
-                "best_epoch": s.best_epoch, "bad_epochs": s.bad_epochs, "rows": self.rows}
+        out = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+               "scaler": self.scaler.state_dict(), "epoch": self.epoch, "best_score": s.best_score,
+               "best_epoch": s.best_epoch, "bad_epochs": s.bad_epochs, "rows": self.rows, "planned": self.planned}
+        if self.ema is not None:
+            out["model"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            out["ema_steps"] = int(self.ema.n_averaged)
+        return out
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -348,6 +408,7 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | 
     --------
     >>> train_model(TrainConfig(data="sample_images", out="runs/a", epochs=5)).best_score  # doctest: +SKIP
     """
+    started = time.perf_counter()
     on_event = on_event or _ignore
     env = Runtime.setup(cfg)
     run = RunFolder.open(cfg.out, resume=resume, force=cfg.force, main=env.main)
@@ -358,17 +419,33 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | 
     if previous is not None and previous.classes != classes:
         raise DataError(f"--resume: the run was trained on classes {previous.classes}, but {cfg.data} has "
                         f"{classes}; start a new run instead")
-    spec, reasons = resolve_input(cfg, splits["train"], previous)
+    cfg, reasons = resolve_recipe(cfg, splits["train"], env, on_event)
+    spec, input_reasons = resolve_input(cfg, splits["train"], previous)
     data = decode_splits(cfg, classes, splits, spec, source, on_event)
-    return train_decoded(cfg, data, run, env, previous=previous, reasons=reasons, on_event=on_event)
+    return train_decoded(cfg, data, run, env, previous=previous, reasons={**reasons, **input_reasons},
+                         started=started, on_event=on_event)
+
+
+def resolve_recipe(cfg: TrainConfig, items: list[Item], env: Runtime,
+                   on_event: Callback = _ignore) -> tuple[TrainConfig, dict[str, str]]:
+    """The configuration with every 'auto' chosen from the data (`microcli.recipe`), each choice
+    announced with its reason. A resumed run's configuration is already concrete."""
+    if cfg.resolved:
+        return cfg, {}
+    concrete, reasons = choose_recipe(cfg, data_stats(items), gpu=env.device.type == "cuda")
+    for name, why in reasons.items():
+        on_event(Event("message", text=f"{name.replace('_', '-')}: {why}"))
+    return concrete, reasons
 
 
 def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtime, *, previous: Bundle | None = None,
-                  reasons: dict | None = None, final: bool = False, on_event: Callback = _ignore) -> TrainResult:
+                  reasons: dict | None = None, final: bool = False, started: float | None = None,
+                  on_event: Callback = _ignore) -> TrainResult:
     """Train on images already decoded (`TrainData`) into `run`; the part of a run after reading files.
 
-    `final=True` trains on all of `data.train` without validation (a refit after cross-validation):
-    `data.val` may be empty, and best.pt is the last epoch's model.
+    `cfg` must be concrete (`resolve_recipe`). `final=True` trains on all of `data.train` without
+    validation (a refit after cross-validation): `data.val` may be empty, and best.pt is the last
+    epoch's model. `started` (a `time.perf_counter()` value) is when the run's time budget began.
     """
     classes = data.classes
     y_train, y_val = data.train.labels(classes), data.val.labels(classes)
@@ -378,9 +455,13 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
     spec = previous.input if previous is not None else data.train.normalised_spec()
     model, net = build_network(cfg, len(classes), spec.channels, env, previous)
     bs, steps = batch_plan(cfg.batch_size, len(data.train), env.world)
-    opt, sched, scaler = build_optimizer(cfg, model, steps, env)
-    state = TrainState(opt, sched, scaler, EarlyStopping(cfg.patience)).restore(
-        previous.training_state if previous is not None else None)
+    planned = cfg.epochs or MAX_TIMED_EPOCHS  # under --time: re-planned after the first epoch
+    opt, sched, scaler, shape = build_optimizer(cfg, model, steps, env, planned)
+    stopper = EarlyStopping(cfg.patience, min_epochs=planned // 2)
+    state = TrainState(opt, sched, scaler, shape, stopper, planned, model,
+                       build_ema(model, steps) if cfg.ema else None).restore(
+        previous.training_state if previous is not None else None,
+        previous.state_dict if previous is not None else None, timed=cfg.epochs is None)
     summary = _data_summary(cfg, data, y_train)
     workers = auto_workers(cfg.workers)
     resolved = Resolved(spec.channels, spec.img_size, str(env.device), str(env.amp_dtype or "fp32"), data.cache,
@@ -391,7 +472,7 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
                                                   "versions": versions()})
 
     def bundle(metrics: dict, *, resumable: bool) -> Bundle:
-        sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        sd = {k: v.detach().cpu().clone() for k, v in state.weights.state_dict().items()}
         return Bundle(cfg.arch.value, classes, spec, sd, cfg.to_dict(), metrics, summary, versions(),
                       state.to_dict() if resumable else None)
 
@@ -400,7 +481,9 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
     source = Source(data.train, workers=workers, max_pixels=cfg.max_pixels)
     try:
         views = eval_views(data.val.arrays, spec) if len(data.val) else None
-        loop = EpochLoop(ctx, source, torch.tensor(y_train), bs, steps, views, y_val, classes, model)
+        draw = sample_weights(y_train, len(classes), cfg.sampler.value)
+        loop = EpochLoop(ctx, source, torch.tensor(y_train), bs, steps, views, y_val, classes,
+                         None if draw is None else torch.tensor(draw), started or time.perf_counter())
         interrupted, stopped_early = _run_epochs(cfg, loop, state, run, env, bundle, on_event)
     finally:
         source.close()
@@ -428,7 +511,18 @@ class EpochLoop:
     val_views: tuple[torch.Tensor, np.ndarray] | None  # None: no validation (a final refit)
     y_val: list[int]
     classes: list[str]
-    model: nn.Module  # unwrapped (DDP validates on the plain module)
+    draw: torch.Tensor | None  # per-image sampling weights (None: each image once per epoch)
+    started: float  # perf_counter() when the time budget began
+
+    def order(self, g: torch.Generator, env: Runtime) -> torch.Tensor:
+        """This rank's images for one epoch: a permutation, or weighted draws with replacement."""
+        n = len(self.source)
+        per_rank = n // env.world
+        if self.draw is None:
+            picks = torch.randperm(n, generator=g)
+        else:
+            picks = torch.multinomial(self.draw, n, replacement=True, generator=g)
+        return picks[: per_rank * env.world][env.rank::env.world]
 
 
 def _run_epochs(cfg: TrainConfig, loop: EpochLoop, state: TrainState, run: RunFolder, env: Runtime,
@@ -436,43 +530,66 @@ def _run_epochs(cfg: TrainConfig, loop: EpochLoop, state: TrainState, run: RunFo
     """The epoch loop: train, validate, record, save; Ctrl-C stops after the current batch.
     Returns (interrupted, stopped early)."""
     ctx, source, steps = loop.ctx, loop.source, loop.steps
+    epoch = state.epoch
     with StopOnSigint(env) as stop:
-        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        while epoch < state.planned:
+            epoch += 1
             t0 = time.perf_counter()
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # resume replays the same epoch
-            per_rank = len(source) // env.world
-            perm = torch.randperm(len(source), generator=g)[: per_rank * env.world][env.rank::env.world]
-            on_event(Event("epoch_start", 0, steps, epoch))
-            tot, interrupted = train_one_epoch(ctx, source, perm, loop.y_train, loop.bs, steps, g, stop.requested,
-                                               lambda i: on_event(Event("batch", i, steps, epoch)))
+            on_event(Event("epoch_start", 0, steps, epoch, text=str(state.planned)))
+            tot, interrupted = train_one_epoch(ctx, source, loop.order(g, env), loop.y_train, loop.bs, steps, g,
+                                               stop.requested, lambda i: on_event(Event("batch", i, steps, epoch)),
+                                               ema=state.ema)
             if interrupted:
                 run.save_last(bundle({"epoch": state.epoch, "interrupted": True}, resumable=True))
                 return True, False
             tot = env.all_sum(tot)
-            val = _validation_row(loop, env)
+            val = _validation_row(loop, state, env)
             seconds = time.perf_counter() - t0
             loss_sum, correct, seen = tot.tolist()
             row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, **val,
                    "lr": ctx.opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds}
             state.rows.append(row)
             state.epoch = epoch
+            if cfg.time is not None:
+                _replan(cfg, loop, state, env, on_event)
             # Without validation (a final refit) every epoch is the best so far: best.pt is the last one.
             improved = state.stopper.update(epoch, epoch if loop.val_views is None else row["val_macro_f1"])
             metrics = {"epoch": epoch, **{k: row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}}
             run.write_epoch(row, best=bundle(metrics, resumable=False) if improved else None,
                             last=bundle(metrics, resumable=True))
-            on_event(Event("epoch_end", epoch=epoch, row=row))
+            on_event(Event("epoch_end", epoch=epoch, row=row, text=str(state.planned)))
             if state.stopper.should_stop:
                 on_event(Event("message", text=f"early stop: no better validation macro-F1 for {cfg.patience} epochs"))
                 return False, True
     return False, False
 
 
-def _validation_row(loop: EpochLoop, env: Runtime) -> dict:
-    """val_loss, val_acc, val_macro_f1 of the current weights (NaN without validation)."""
+def _replan(cfg: TrainConfig, loop: EpochLoop, state: TrainState, env: Runtime, on_event: Callback) -> None:
+    """Under --time: lay the schedule out for the epochs that fit, from the epochs measured so far
+    (every rank takes rank 0's plan). The final report and plots are reserved a quarter epoch (5 s at
+    least)."""
+    seconds = [r["seconds"] for r in state.rows]
+    planned = plan_epochs(budget_s=60 * cfg.time, elapsed_s=time.perf_counter() - loop.started, epoch_s=seconds,
+                          done=state.epoch, finish_s=max(5.0, 0.25 * seconds[-1]), cap=MAX_TIMED_EPOCHS)
+    if env.world > 1:
+        t = torch.tensor([planned], dtype=torch.float64)
+        dist.broadcast(t, 0)
+        planned = int(t.item())
+    if planned != state.planned:
+        if state.epoch == 1 or abs(planned - state.planned) > 1:
+            on_event(Event("message", text=f"--time {cfg.time:g}: {planned} epochs fit "
+                                           f"(about {seconds[-1]:.1f} s each)"))
+        state.planned = state.shape.epochs = planned
+        state.stopper.min_epochs = planned // 2
+
+
+def _validation_row(loop: EpochLoop, state: TrainState, env: Runtime) -> dict:
+    """val_loss, val_acc, val_macro_f1 of the saved weights (the average, with EMA; NaN without
+    validation)."""
     if loop.val_views is None:
         return {"val_loss": math.nan, "val_acc": math.nan, "val_macro_f1": math.nan}
-    model = loop.ctx.net if env.world == 1 else loop.model
+    model = state.weights if (state.ema is not None or env.world > 1) else loop.ctx.net
     probs, loss = validate(model, loop.val_views, loop.y_val, loop.ctx.spec, env)
     rep = confusion_report(loop.y_val, probs, loop.classes, intervals=False)
     return {"val_loss": loss, "val_acc": rep["overall"]["accuracy"], "val_macro_f1": rep["overall"]["macro_f1"]}
@@ -522,9 +639,10 @@ class StepContext:
 
 
 def train_one_epoch(ctx: StepContext, source: Source, perm: torch.Tensor, labels: torch.Tensor, bs: int, steps: int,
-                    g: torch.Generator, should_stop: Callable[[], bool],
-                    on_batch: Callable[[int], None]) -> tuple[torch.Tensor, bool]:
-    """One pass over `perm` in full batches. Returns (loss sum, correct, seen) and whether it was stopped."""
+                    g: torch.Generator, should_stop: Callable[[], bool], on_batch: Callable[[int], None], *,
+                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> tuple[torch.Tensor, bool]:
+    """One pass over `perm` in full batches, updating `ema` after every step. Returns (loss sum,
+    correct, seen) and whether it was stopped."""
     ctx.net.train()
     tot = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # on the device: no sync per step
     aug = AugmentConfig()
@@ -545,6 +663,9 @@ def train_one_epoch(ctx: StepContext, source: Source, perm: torch.Tensor, labels
         ctx.scaler.step(ctx.opt)
         ctx.scaler.update()
         ctx.sched.step()
+        if ema is not None:
+            ema.update_parameters(ctx.net.module if isinstance(ctx.net, nn.parallel.DistributedDataParallel)
+                                  else ctx.net)
         with torch.no_grad():
             tot += torch.stack([loss.detach().double() * len(idx), (logits.argmax(1) == y).sum().double(),
                                 torch.tensor(float(len(idx)), dtype=torch.float64, device=ctx.device)])

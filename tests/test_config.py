@@ -35,22 +35,30 @@ def test_config_is_built_by_keyword_only():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("arch", "vgg", r"--arch must be one of lenet, resnet18, .*, got 'vgg'"),
+    ("arch", "vgg", r"--arch must be one of auto, lenet, resnet18, .*, got 'vgg'"),
     ("optimizer", "adam", r"--optimizer must be one of adamw, sgd, got 'adam'"),
     ("class_weights", "inverse", r"--class-weights must be one of none, balanced"),
-    ("fit", "stretch", r"--fit must be one of resize, crop"),
-    ("img_size", 4, r"--img-size must be 0 \(auto\) or 16\.\.2048 for lenet, got 4"),
-    ("img_size", 100000, r"--img-size must be 0 \(auto\) or 16\.\.2048 for lenet, got 100000"),
+    ("fit", "stretch", r"--fit must be one of auto, resize, crop"),
+    ("img_size", 4, r"--img-size must be 0 \(auto\) or 32\.\.2048 for resnet18, got 4"),  # auto: a ResNet
+    ("img_size", 100000, r"--img-size must be 0 \(auto\) or 32\.\.2048 for resnet18, got 100000"),
     ("epochs", 0, r"--epochs must be at least 1, got 0"),
     ("val_split", 1.0, r"--val-split must be in \(0, 1\), got 1\.0"),
     ("label_smoothing", 0.7, r"--label-smoothing must be in \[0, 0\.5\]"),
     ("max_pixels", -5, r"--max-pixels must be at least 0 \(0: no limit\), got -5"),
     ("workers", -3, r"--workers must be -1 \(auto\), 0 \(in this process\) or more"),
-    ("pretrained", "imagenet", r"--pretrained: no pretrained weights exist for 'lenet'"),
+    ("time", 0, r"--time must be greater than 0 \(minutes\), got 0"),
+    ("sampler", "oversample", r"--sampler must be one of auto, uniform, sqrt, balanced"),
 ])
 def test_bad_values_name_the_option_rule_and_value(field, value, message):
     with pytest.raises(UsageError, match=message):
         cfg(**{field: value})
+
+
+def test_lenet_has_its_own_size_range_and_no_pretrained_weights():
+    with pytest.raises(UsageError, match=r"--img-size must be 0 \(auto\) or 16\.\.2048 for lenet, got 4"):
+        cfg(arch="lenet", img_size=4)
+    with pytest.raises(UsageError, match=r"--pretrained: no pretrained weights exist for 'lenet'"):
+        cfg(arch="lenet", pretrained="imagenet")
 
 
 def test_image_size_range_comes_from_the_registry():
@@ -74,7 +82,7 @@ def test_cli_exits_2_before_reading_any_image(tmp_path, truncated_png):
     for c in ("a", "b"):
         (data / c).mkdir(parents=True)
         (data / c / "x.png").write_bytes(truncated_png.read_bytes())
-    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--img-size", "4"])
+    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--img-size", "4", "--arch", "lenet"])
     assert r.exit_code == 2
     assert "--img-size must be 0 (auto) or 16..2048 for lenet, got 4" in r.stderr
     assert "x.png" not in r.stderr and not (tmp_path / "run").exists()
@@ -85,7 +93,7 @@ def test_registry_is_the_one_source_of_architecture_facts():
     for name, info in REGISTRY.items():
         assert name in r.stdout
         assert info.default_lr > 0 and info.min_size <= 224 <= info.max_size
-    assert set(Arch.__members__) == set(REGISTRY)
+    assert set(Arch.__members__) == {"auto", *REGISTRY}
 
 
 def test_config_options_and_registry_do_not_import_torch():

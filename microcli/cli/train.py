@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..models import REGISTRY
-from ..options import Arch, Cache, Channels, ClassWeights, Device, Fit, Optimizer, Precision
+from ..options import Arch, Cache, Channels, ClassWeights, Device, Fit, Optimizer, Precision, Sampler
 from .common import (EXIT_CODES, DeviceOpt, MaxPixelsOpt, PrecisionOpt, ThreadsOpt, WorkersOpt, abort, err,
                      errors_to_exit, progress)
 
@@ -35,23 +35,33 @@ def _opt(kind, *flags: str, panel: str, **kw):
     return Annotated[kind, typer.Option(*flags, rich_help_panel=panel, **kw)]
 
 
-_ArchOpt = _opt(Arch, "--arch", "-a", panel=_M, help="Backbone (see --list-models).")
+_ArchOpt = _opt(Arch, "--arch", "-a", panel=_M, help="Backbone (see --list-models); auto: chosen from the data.")
 _ImgSizeOpt = _opt(int, "--img-size", panel=_M, min=0, help="Network input side (0: median image side, at most 224).")
 _ChannelsOpt = _opt(Channels, "--channels", panel=_M, help="auto: 1 when every image is gray.")
 _FitOpt = _opt(Fit, "--fit", panel=_M, help="resize: whole image to the input size; crop: native pixel scale, "
-                                            "random crops in training.")
+                                            "random crops in training; auto: crop for images much larger than "
+                                            "the input.")
 _PreprocessOpt = _opt(str, "--preprocess", "-p", panel=_M, help="Classical ops before the network, 'op:k=v|op:k=v' "
-                                                                "(see microcli filters).")
+                                                                "(see microcli filters); 'none' for none "
+                                                                "[default: chosen from the data].")
 _PretrainedOpt = _opt(str, "--pretrained", panel=_M, help="'imagenet' (online) or a torchvision state_dict file "
                                                           "(ResNets).")
-_EpochsOpt = _opt(int, "--epochs", "-e", panel=_S, min=1, help="Epochs [default: 30; with --resume: the run's].")
-_BatchSizeOpt = _opt(int, "--batch-size", "-b", panel=_S, min=1, help="Smaller for tiny data sets.")
+_EpochsOpt = _opt(int, "--epochs", "-e", panel=_S, min=1, help="Epochs [default: chosen from the data, or planned "
+                                                                "by --time; with --resume: the run's].")
+_TimeOpt = _opt(float, "--time", "-t", panel=_S, min=0.1, help="MINUTES for the whole run: the epochs that fit are "
+                                                               "planned from the first ones.")
+_BatchSizeOpt = _opt(int, "--batch-size", "-b", panel=_S, min=1, help="[default: 32, 64 from 5000 images]; smaller "
+                                                                      "for tiny data sets.")
 _LrOpt = _opt(float, "--lr", panel=_S, min=0, help=f"Peak learning rate (default: {_LR_HELP}).")
 _OptimizerOpt = _opt(Optimizer, "--optimizer", panel=_S)
 _WeightDecayOpt = _opt(float, "--weight-decay", panel=_S, min=0)
 _WarmupEpochsOpt = _opt(float, "--warmup-epochs", panel=_S, min=0, help="Linear warm-up, then cosine decay.")
 _LabelSmoothingOpt = _opt(float, "--label-smoothing", panel=_S, min=0, max=0.5)
-_ClassWeightsOpt = _opt(ClassWeights, "--class-weights", panel=_S)
+_ClassWeightsOpt = _opt(ClassWeights, "--class-weights", panel=_S, help="Loss weights per class, bounded to "
+                                                                         "[0.1, 10].")
+_SamplerOpt = _opt(Sampler, "--sampler", panel=_S, help="How images are drawn: auto (sqrt past 3:1 imbalance), "
+                                                        "uniform, sqrt (1/sqrt(class size)), balanced.")
+_EmaOpt = _opt(bool, "--ema/--no-ema", panel=_S, help="Validate and save a moving average of the weights.")
 _PatienceOpt = _opt(int, "--patience", panel=_S, min=0, help="Early stop after N epochs without a better validation "
                                                              "macro-F1 (0: never).")
 _AugmentOpt = _opt(bool, "--augment/--no-augment", panel=_S, help="Flips, 90-degree rotations, scale, "
@@ -73,22 +83,25 @@ def train(
                                               "(path,label[,group][,split]).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder for best.pt, last.pt, metrics, "
                                                               "report.")] = None,
-    arch: _ArchOpt = Arch("lenet"),
+    arch: _ArchOpt = Arch("auto"),
     epochs: _EpochsOpt = None,
-    batch_size: _BatchSizeOpt = 64,
+    time: _TimeOpt = None,
+    batch_size: _BatchSizeOpt = None,
     lr: _LrOpt = None,
     optimizer: _OptimizerOpt = Optimizer.adamw,
     weight_decay: _WeightDecayOpt = 0.05,
     warmup_epochs: _WarmupEpochsOpt = 1.0,
     label_smoothing: _LabelSmoothingOpt = 0.1,
     class_weights: _ClassWeightsOpt = ClassWeights.none,
+    sampler: _SamplerOpt = Sampler.auto,
+    ema: _EmaOpt = True,
     patience: _PatienceOpt = 10,
     val_split: _ValSplitOpt = 0.2,
     seed: _SeedOpt = 0,
     img_size: _ImgSizeOpt = 0,
     channels: _ChannelsOpt = Channels.auto,
-    fit: _FitOpt = Fit.resize,
-    preprocess: _PreprocessOpt = "",
+    fit: _FitOpt = Fit.auto,
+    preprocess: _PreprocessOpt = None,
     augment: _AugmentOpt = True,
     pretrained: _PretrainedOpt = None,
     precision: PrecisionOpt = Precision.auto,
@@ -114,13 +127,20 @@ def train(
     val_misclassified.csv). Ctrl-C stops after the current batch, writes last.pt and prints the command
     that resumes. Runs under `torchrun --nproc_per_node N` as DistributedDataParallel.
 
+    With no options the recipe (backbone, input size, fit, preprocessing, batch size, length, sampling) is
+    chosen from the data, printed, and written with its reasons to config.json.
+
     Examples:
+
+      microcli train data/ -o runs/a                         # a recipe chosen from the data
+
+      microcli train data/ -o runs/a --time 10               # planned to end within 10 minutes
+
+      microcli train manifest.csv -o runs/cv --folds 5 --refit   # grouped 5-fold cross-validation
 
       microcli train sample_images -o runs/lenet --arch lenet --epochs 30
 
-      microcli train data/ -o runs/r18 --arch resnet18 --img-size 128 --preprocess "clahe:clip=0.02"
-
-      microcli train --resume runs/r18 --epochs 60
+      microcli train --resume runs/a --epochs 60
     """
     if list_models_:
         list_models()
@@ -136,6 +156,8 @@ def train(
             if data is None or out_dir is None:
                 abort("give DATA and --out RUN_DIR (or --resume RUN_DIR)", 2)
             options = dict(locals())  # every option by its own name: no positional slips
+            if preprocess is not None and preprocess.strip().lower() == "none":
+                options["preprocess"] = ""
             cfg = TrainConfig(**{k: options[k] for k in _CONFIG_FIELDS if options.get(k) is not None},
                               data=str(data), out=str(out_dir))
         result = _run_with_progress(cfg, resume is not None)
@@ -149,8 +171,8 @@ def train(
 
 train.__doc__ += "\n\n" + EXIT_CODES
 # The options that are TrainConfig fields of the same name (data and out are set apart).
-_CONFIG_FIELDS = ("arch", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing",
-                  "class_weights", "patience", "val_split", "seed", "img_size", "channels", "fit", "preprocess",
+_CONFIG_FIELDS = ("arch", "epochs", "time", "batch_size", "sampler", "ema", "lr", "optimizer", "weight_decay",
+                  "warmup_epochs", "label_smoothing", "class_weights", "patience", "val_split", "seed", "img_size", "channels", "fit", "preprocess",
                   "augment", "pretrained", "precision", "device", "workers", "threads", "cache", "deterministic",
                   "strict", "max_pixels", "force", "group_by", "folds", "refit")
 
@@ -182,7 +204,7 @@ def _run_with_progress(cfg, resume: bool):
                     bar.remove_task(task)
                     task = None
             elif e.kind == "epoch_start":
-                task = bar.add_task(f"epoch {e.epoch}/{cfg.epochs}", total=e.total)
+                task = bar.add_task(f"epoch {e.epoch}/{e.text}", total=e.total)
             elif e.kind == "batch" and task is not None:
                 bar.update(task, completed=e.done)
             elif e.kind == "epoch_end":
@@ -190,7 +212,7 @@ def _run_with_progress(cfg, resume: bool):
                     bar.remove_task(task)
                     task = None
                 r = e.row
-                err.print(f"epoch {r['epoch']:>3}/{cfg.epochs}  train loss {r['train_loss']:.4f} acc "
+                err.print(f"epoch {r['epoch']:>3}/{e.text}  train loss {r['train_loss']:.4f} acc "
                           f"{100 * r['train_acc']:5.1f}%  val loss {r['val_loss']:.4f} acc {100 * r['val_acc']:5.1f}% "
                           f"F1 {r['val_macro_f1']:.3f}  {r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s")
 

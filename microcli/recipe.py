@@ -1,0 +1,171 @@
+"""The recipe chosen from the data when the user leaves a choice on auto, and the time planner.
+
+`microcli train DATA -o RUN` with no flags asks for everything here: the backbone, the input size and
+how images are fitted to it, the classical preprocessing, the batch size, the length of training and
+how an imbalanced set is sampled. Each automatic choice comes with the reason that is printed and
+written to config.json. Rules, not tuning: every threshold below is a property of the data (sizes,
+counts, ratios), and the README says what each was measured on.
+
+numpy only (no torch): the choices are made before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import TrainConfig
+from .data import Item
+
+# Input side a CPU trains at in reasonable time; a GPU affords torchvision's 224.
+CPU_SIDE, GPU_SIDE = 128, 224
+# Images whose shorter side is at least this many input sides carry detail a resize would lose:
+# train on native-scale crops and evaluate on tiles instead (NEU-DET 200 px at 128: crop beat resize).
+CROP_RATIO = 1.5
+# Class-count ratio (largest / smallest) above which sampling rebalances the classes.
+IMBALANCE = 3.0
+# Optimiser steps an automatic length aims at, and the bounds on epochs.
+TARGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 1500, 15, 60
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What the recipe looks at: counts per class and image sizes (from file headers)."""
+
+    n_images: int
+    class_counts: dict[str, int]
+    median_side: int  # median shorter side in pixels (0: unknown)
+
+    @property
+    def imbalance(self) -> float:
+        """Largest class count over the smallest."""
+        counts = list(self.class_counts.values())
+        return max(counts) / max(1, min(counts)) if counts else 1.0
+
+
+def data_stats(items: list[Item], *, sample: int = 200) -> DataStats:
+    """Counts from the items; the median shorter side from the headers of up to `sample` files."""
+    from .io import image_shape
+
+    sides = []
+    for it in items[::max(1, len(items) // sample)]:
+        try:
+            sides.append(min(image_shape(it.path)))
+        except Exception:  # unreadable files are reported by the decoding pass
+            continue
+    return DataStats(len(items), dict(Counter(it.label for it in items)), int(np.median(sides)) if sides else 0)
+
+
+def choose_recipe(cfg: TrainConfig, stats: DataStats, *, gpu: bool = False) -> tuple[TrainConfig, dict[str, str]]:
+    """Replace every 'auto' in `cfg` by a concrete choice, with a reason for each.
+
+    Parameters
+    ----------
+    cfg : the user's configuration; fields left on auto are arch, img_size (0), fit, preprocess
+        (None), batch_size (None), epochs (None, unless --time plans them) and sampler.
+    stats : counts and sizes of the training images.
+    gpu : the run is on a GPU (larger inputs are affordable).
+
+    Returns
+    -------
+    (TrainConfig, reasons) : the concrete configuration and, per field chosen here, why.
+    """
+    reasons: dict[str, str] = {}
+    values: dict = {}
+    if cfg.arch.value == "auto":
+        values["arch"] = "resnet18"
+        reasons["arch"] = "ResNet-18: the smallest ResNet; LeNet only when asked (--arch lenet)"
+    arch = values.get("arch", cfg.arch.value)
+    side = GPU_SIDE if gpu else CPU_SIDE
+    if cfg.fit.value == "auto":
+        big = stats.median_side >= CROP_RATIO * (cfg.img_size or side)
+        values["fit"] = "crop" if big else "resize"
+        reasons["fit"] = (f"crop: the images' median shorter side ({stats.median_side} px) is over {CROP_RATIO}x the "
+                          "input, so training sees native-scale crops and evaluation averages tiles" if big else
+                          f"resize: the images (median shorter side {stats.median_side} px) are near the input size")
+    if not cfg.img_size:
+        from .models import get_model_info
+
+        info = get_model_info(arch)
+        fit = values.get("fit", cfg.fit.value)
+        size = side if fit == "crop" else int(np.clip(stats.median_side or side, info.min_size, side))
+        values["img_size"] = max(info.min_size, size)
+        reasons["img_size"] = (f"{values['img_size']} px: " + ("the input side a " + ("GPU" if gpu else "CPU") +
+                               " trains at in reasonable time" if fit == "crop" else
+                               "the images' median shorter side, at most " + str(side)))
+    if cfg.preprocess is None:
+        lenet = arch == "lenet"
+        values["preprocess"] = "" if lenet else "stretch"
+        reasons["preprocess"] = ("none (LeNet did worse with a contrast stretch)" if lenet else
+                                 "stretch: per-image contrast stretch (2-98 %), so exposure differences between "
+                                 "images do not have to be learnt")
+    if cfg.batch_size is None:
+        values["batch_size"] = 32 if stats.n_images < 5000 else 64
+        reasons["batch_size"] = f"{values['batch_size']}: " + ("a small set" if stats.n_images < 5000 else "a large set")
+    if cfg.sampler.value == "auto":
+        skewed = stats.imbalance > IMBALANCE
+        values["sampler"] = "sqrt" if skewed else "uniform"
+        reasons["sampler"] = (f"sqrt: classes range {stats.imbalance:.0f}:1, so each image is drawn with weight "
+                              "1/sqrt(its class size)" if skewed else
+                              f"uniform: classes are near balance ({stats.imbalance:.1f}:1)")
+    if cfg.epochs is None and cfg.time is None:
+        bs = values.get("batch_size", cfg.batch_size)
+        steps = max(1, stats.n_images // bs)
+        values["epochs"] = int(np.clip(round(TARGET_STEPS / steps), MIN_EPOCHS, MAX_EPOCHS))
+        reasons["epochs"] = (f"{values['epochs']}: about {TARGET_STEPS} optimiser steps at {steps} per epoch "
+                             f"(bounded to {MIN_EPOCHS}-{MAX_EPOCHS}); --time MINUTES plans by the clock instead")
+    return dataclasses.replace(cfg, **values), reasons
+
+
+def sample_weights(labels: list[int], num_classes: int, how: str) -> np.ndarray | None:
+    """Per-image drawing weights: None (uniform: a permutation), 'balanced' (1/n_class) or 'sqrt'
+    (1/sqrt(n_class), half-way between the data's proportions and balance)."""
+    if how == "uniform":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    power = 1.0 if how == "balanced" else 0.5
+    return (1.0 / np.maximum(counts, 1) ** power)[np.asarray(labels)]
+
+
+def class_weights(labels: list[int], num_classes: int, how: str, *, beta: float = 0.999,
+                  bound: float = 10.0) -> np.ndarray | None:
+    """Loss weights per class, normalised so that the weighted mean over the images is 1 and bounded to
+    [1/bound, bound] (unbounded inverse frequency made training diverge on a 60:1 set).
+
+    'balanced': 1 / n_class. 'effective': (1 - beta) / (1 - beta^n_class), the effective number of
+    samples (Cui et al., CVPR 2019), gentler on large classes. 'none': None.
+    """
+    if how == "none":
+        return None
+    n = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    raw = 1.0 / np.maximum(n, 1) if how == "balanced" else (1 - beta) / (1 - beta ** np.maximum(n, 1))
+    w = raw * len(labels) / float((raw * n).sum())
+    return np.clip(w, 1 / bound, bound)
+
+
+def plan_epochs(*, budget_s: float, elapsed_s: float, epoch_s: list[float], done: int, finish_s: float,
+                cap: int = 1000) -> int:
+    """How many epochs in total fit the time budget, planned from the measured epoch times.
+
+    Parameters
+    ----------
+    budget_s : the whole run's budget (--time, in seconds).
+    elapsed_s : time spent so far (decoding included).
+    epoch_s : seconds of each finished epoch (train + validation); the last two are averaged.
+    done : epochs finished.
+    finish_s : time reserved after the last epoch (the final report).
+    cap : never more than this many epochs.
+
+    Returns
+    -------
+    The total number of epochs, at least `done` (and at least 1).
+    """
+    if not epoch_s:
+        return max(1, done)
+    per = float(np.mean(epoch_s[-2:]))
+    more = math.floor(max(0.0, budget_s - elapsed_s - finish_s) / per)
+    return int(min(cap, max(1, done + more)))
