@@ -220,7 +220,8 @@ def make_specimen(class_name: str, *, seed: int, specimen: int, size: int = 128)
     cls_idx = list(CLASSES).index(class_name)
     rng = np.random.default_rng(np.random.SeedSequence([seed, cls_idx, _SPECIMEN_STREAM, specimen]))
     field = CLASSES[class_name](rng, 2 * size).astype(np.float32)
-    return Specimen(field, zoom=float(rng.uniform(0.7, 1.3)), rot90=int(rng.integers(0, 4)), flip=bool(rng.random() < 0.5),
+    return Specimen(field, zoom=float(rng.uniform(0.7, 1.3)), rot90=int(rng.integers(0, 4)),
+                    flip=bool(rng.random() < 0.5),
                     blur=float(rng.uniform(0.3, 1.2)), light_angle=float(rng.uniform(0, 2 * np.pi)),
                     light_tilt=float(rng.uniform(0, 0.35)), vignette=float(rng.uniform(0, 0.3)),
                     gain=float(rng.uniform(0.75, 1.2)), offset=float(rng.uniform(-0.1, 0.1)),
