@@ -144,7 +144,8 @@ def test_group_by_keeps_each_specimen_on_one_side_and_warns_about_a_lonely_class
 
 def test_group_by_replaces_a_manifest_group_column(data, tmp_path):
     manifest = tmp_path / "in.csv"
-    manifest.write_text("path,label,group\n" + "".join(f"{p},{p.parent.name},one\n" for p in sorted(data.rglob("*.png"))))
+    lines = "".join(f"{p},{p.parent.name},one\n" for p in sorted(data.rglob("*.png")))
+    manifest.write_text("path,label,group\n" + lines)
     r = invoke(manifest, "-o", tmp_path / "g.csv", "--group-by", r"^(\w+_\d{3})[0-4]")
     assert r.exit_code == 1 and "finds no group in 15 file name(s)" in flat(r.stderr)
     r = invoke(manifest, "-o", tmp_path / "g.csv", "--group-by", r"^\w+_\d{3}")
