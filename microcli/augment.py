@@ -15,6 +15,35 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    """The strengths of the random transforms `augment` applies; a value of 0 (or False) turns one off.
+
+    Intensities are those of the prepared images (scaled from the file's range, before normalisation).
+    Per image, unless said otherwise.
+
+    Attributes
+    ----------
+    flips : bool
+        Random horizontal and vertical flips.
+    rot90 : bool
+        With `flips`, square inputs also get transposes: any of the 8 symmetries of the square, so every
+        multiple of 90 degrees. Without `flips`, only transposes (identity or transpose), no rotation.
+    scale : float
+        Zoom in by a factor drawn uniformly from [1, 1 + scale] once per batch: a crop of 1/factor of each
+        side at a random position per image, resized back (bilinear).
+    brightness : float
+        An offset drawn uniformly from [-brightness, brightness], added.
+    contrast : float
+        A factor drawn uniformly from [1 - contrast, 1 + contrast] that scales the deviation from the
+        image's mean.
+    gamma : float
+        An exponent drawn uniformly from [1 - gamma, 1 + gamma], applied to ``abs(x)`` with the sign kept.
+    noise : float
+        Gaussian noise on half of the images (chosen at random), sigma drawn uniformly from [0, noise].
+    blur : float
+        Probability of a 3x3 Gaussian blur (binomial kernel [1, 2, 1] / 4 in each direction, edges
+        replicated).
+    """
+
     flips: bool = True  # horizontal and vertical
     rot90: bool = True  # 0/90/180/270 degrees (square inputs)
     scale: float = 0.15  # zoom in by up to this fraction (one factor per batch), random position
@@ -25,6 +54,7 @@ class AugmentConfig:
     blur: float = 0.2  # probability of a 3x3 Gaussian blur
 
     def to_dict(self) -> dict:
+        """The fields as a dict, for config.json."""
         return asdict(self)
 
 
@@ -71,7 +101,25 @@ def _zoom(x: torch.Tensor, scale: float, g: torch.Generator) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Randomly transform each image of a batch; `g` (a CPU generator) makes it reproducible."""
+    """Randomly transform each image of a batch; `g` (a CPU generator) makes it reproducible.
+
+    In order: a symmetry, zoom, gamma, contrast and brightness, blur, noise (see `AugmentConfig`). Values
+    are not clipped.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, C, H, W)
+        A float batch of prepared images, not yet normalised; on any device.
+    cfg : AugmentConfig
+        The strengths.
+    g : torch.Generator
+        A CPU generator; every random draw comes from it, so the same seed gives the same batch.
+
+    Returns
+    -------
+    Tensor, shape (N, C, H, W)
+        A new tensor on the device and in the dtype of `x` (`x` itself when nothing applies).
+    """
     n, dev = x.shape[0], x.device
     view = (n, 1, 1, 1)
     x = _symmetries(x, cfg, g)

@@ -22,45 +22,88 @@ from .options import Arch, Cache, Channels, ClassWeights, Device, Fit, Optimizer
 class TrainConfig:
     """Everything `microcli train` takes, checked on creation.
 
+    Enum fields also take their string values (``fit="crop"``) and hold the Enum afterwards.
+
     Parameters
     ----------
-    data : class folders, train/val/test folders or a CSV manifest.
-    out : the run folder.
-    arch : a registry name (``microcli.models.REGISTRY``), or 'auto' (see `microcli.recipe`).
-    epochs, batch_size : length of training and images per optimiser step; None: chosen from the data
-        (`microcli.recipe.choose_recipe`), the length by `time` when it is given.
-    time : minutes the whole run may take; the epochs are planned from the measured first ones.
-    lr : peak learning rate; None takes the architecture's default from the registry.
-    optimizer, weight_decay, momentum : AdamW or SGD (Nesterov, `momentum`); decay on weights only.
-    warmup_epochs : linear warm-up before the cosine decay.
-    label_smoothing : cross-entropy label smoothing, 0..0.5.
-    class_weights : 'none', 'balanced' (inverse class frequency) or 'effective' (effective number of
-        samples), normalised and bounded to [0.1, 10].
-    sampler : 'uniform', 'sqrt' or 'balanced' drawing of training images; 'auto' from the imbalance.
-    ema : validate and keep an exponential moving average of the weights.
-    patience : early stop after this many epochs without a better validation macro-F1 (0: never).
-    val_split : held-out share per class when the data is not split already.
-    seed : one seed for the split, initialisation, batch order and augmentation.
-    img_size : network input side; 0 chooses the median shorter image side, clamped to the
-        architecture's range and at most 224.
-    channels, fit, preprocess : how files become input (see `microcli.inputs.InputSpec`); fit 'auto'
-        and preprocess None are chosen from the data.
-    augment : batched flips, rotations, scale, intensity, noise and blur.
-    pretrained : 'imagenet' or the path of a torchvision state_dict (ResNets).
-    precision, device, threads : where and how the arithmetic runs.
-    workers : decoding processes; -1 chooses from the core count, 0 decodes in this process.
-    cache : keep decoded images in RAM ('auto': when they fit in half the free memory).
-    deterministic, strict : deterministic kernels; stop at the first unreadable image.
-    max_pixels : decompression-bomb guard per image (None: the default; 0: no limit).
-    force : replace an existing run folder.
-    group_by : a regular expression that takes each image's group (specimen) from its file name: the
-        first capture group, or the whole match (see `microcli.splits.groups_from_names`).
-    folds : 0 trains one model; K >= 2 runs stratified group K-fold cross-validation.
-    refit : after cross-validation, train one final model on all the data with the same recipe.
+    data : str
+        Class folders, train/val/test folders or a CSV manifest.
+    out : str
+        The run folder.
+    arch : Arch, default 'auto'
+        A registry name (``microcli.models.REGISTRY``), or 'auto': chosen from the data (`microcli.recipe`).
+    epochs, batch_size : int or None
+        Length of training and images per optimiser step (smaller for tiny sets); each at least 1. None:
+        chosen from the data (`microcli.recipe.choose_recipe`), the length by `time` when it is given.
+    time : float or None
+        Minutes the whole run may take; the epochs are planned from the measured first ones.
+    lr : float or None
+        Peak learning rate, above 0; None takes the architecture's default from the registry.
+    optimizer : Optimizer, default 'adamw'
+        AdamW or SGD (Nesterov, `momentum`).
+    weight_decay : float, default 0.05
+        At least 0; decay on weights only (not biases and norms).
+    momentum : float, default 0.9
+        SGD momentum, in [0, 1).
+    warmup_epochs : float, default 1.0
+        Linear warm-up before the cosine decay, at least 0.
+    label_smoothing : float, default 0.1
+        Cross-entropy label smoothing, 0..0.5.
+    class_weights : ClassWeights, default 'none'
+        'none', 'balanced' (inverse class frequency) or 'effective' (effective number of samples),
+        normalised and bounded to [0.1, 10].
+    sampler : Sampler, default 'auto'
+        'uniform' (each image once per epoch), 'sqrt' or 'balanced' (drawn with replacement, weight
+        1/sqrt(class size) or 1/class size); 'auto': sqrt past a 3:1 imbalance.
+    ema : bool, default True
+        Validate and save an exponential moving average of the weights (about one epoch's horizon).
+    patience : int, default 10
+        Early stop after this many epochs without a better validation macro-F1 (0: never).
+    val_split : float, default 0.2
+        Held-out share per class when the data is not split already, in (0, 1).
+    seed : int, default 0
+        One seed for the split, initialisation, batch order and augmentation.
+    img_size : int, default 0
+        Network input side; 0 chooses the median shorter image side, clamped to the architecture's range
+        and at most 224. Otherwise within the architecture's min_size..max_size.
+    channels, fit, preprocess : Channels, Fit, str or None
+        How files become input (see `microcli.inputs.InputSpec`); `preprocess` is pipeline text such as
+        ``"median:radius=2|stretch"``, checked here. fit 'auto' and preprocess None: chosen from the data.
+    augment : bool, default True
+        Batched flips, rotations, scale, intensity, noise and blur.
+    pretrained : str or None
+        'imagenet' or the path of a torchvision state_dict (ResNets).
+    precision, device : Precision, Device, default 'auto'
+        Where and how the arithmetic runs.
+    threads : int, default 0
+        torch threads (0: all cores).
+    workers : int, default -1
+        Decoding processes; -1 chooses from the core count, 0 decodes in this process.
+    cache : Cache, default 'auto'
+        Keep decoded images in RAM ('auto': when they fit in half the free memory).
+    deterministic : bool, default False
+        Deterministic kernels.
+    strict : bool, default False
+        Stop at the first unreadable image.
+    max_pixels : int or None
+        Decompression-bomb guard per image (None: the default; 0: no limit).
+    force : bool, default False
+        Replace an existing run folder.
+    group_by : str or None
+        A regular expression that takes each image's group (specimen) from its file name: the first
+        capture group, or the whole match (see `microcli.splits.groups_from_names`).
+    folds : int, default 0
+        0 trains one model; K >= 2 runs stratified group K-fold cross-validation (`microcli.crossval`).
+    refit : bool, default False
+        After cross-validation, train one final model on all the data with the same recipe.
 
     Raises
     ------
-    UsageError : a value out of range or not among the choices; the message names the option.
+    UsageError
+        A value out of range or not among the choices, or `pretrained` for an architecture without
+        weights or naming a missing file; the message names the option.
+    PipelineError
+        `preprocess` is not a valid pipeline.
 
     Examples
     --------
@@ -118,7 +161,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any], **overrides: Any) -> TrainConfig:
-        """From config.json's "train" part (unknown keys ignored), with non-None `overrides` applied."""
+        """From config.json's "train" part (unknown keys ignored), with non-None `overrides` applied.
+
+        Parameters
+        ----------
+        saved : dict
+            Field name to value, as `to_dict` wrote it.
+        **overrides
+            Fields to replace; None values are ignored.
+
+        Returns
+        -------
+        TrainConfig
+
+        Raises
+        ------
+        UsageError, PipelineError
+            As on creation.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in saved.items() if k in names}
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -126,6 +186,7 @@ class TrainConfig:
 
     @property
     def lr_or_default(self) -> float:
+        """`lr`, or the architecture's default peak learning rate from the registry when it is None."""
         return self.lr if self.lr is not None else get_model_info(self.arch.value).default_lr
 
     @property
@@ -201,7 +262,33 @@ def _with_weights() -> list[str]:
 @dataclass(frozen=True)
 class Resolved:
     """What a run settled on, from the config, the data and the machine, with the reason for each
-    automatic choice. Written to config.json as "resolved"."""
+    automatic choice. Written to config.json as "resolved".
+
+    Attributes
+    ----------
+    channels, img_size : int
+        The network input's channels and side in pixels.
+    device : str
+        The torch device: 'cpu', 'cuda', 'mps', or 'cuda:<local rank>' under torchrun.
+    precision : str
+        The autocast dtype as torch prints it ('torch.bfloat16'), or 'fp32'.
+    cache : str
+        'ram' or 'none'.
+    workers : int
+        Decoding processes.
+    world_size : int
+        Processes in the run (1 outside torchrun).
+    batch_size, steps_per_epoch : int
+        Per process, after the reduction for tiny sets.
+    lr : float
+        The peak learning rate.
+    input : dict
+        The normalised `InputSpec` as `InputSpec.to_dict`.
+    augment : dict or None
+        `AugmentConfig.to_dict`, or None without augmentation.
+    reasons : dict of str to str
+        Why each automatic choice was made, by field ('channels', 'img_size'; 'input' when resumed).
+    """
 
     channels: int
     img_size: int
@@ -218,4 +305,5 @@ class Resolved:
     reasons: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)

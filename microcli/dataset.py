@@ -28,11 +28,16 @@ class DecodedSet:
 
     Attributes
     ----------
-    items : the items that could be read (unreadable ones are in `failed`).
-    spec : how they were prepared (not yet normalised).
-    arrays : (C, H, W) float32 arrays, or None when the set is not kept in RAM.
-    sums : (n, 3, C) per image: pixel count, sum and sum of squares per channel.
-    failed : (path, message) of the items that could not be read.
+    items : list of Item
+        The items that could be read (unreadable ones are in `failed`).
+    spec : InputSpec
+        How they were prepared (not yet normalised).
+    arrays : list of ndarray or None
+        (C, H, W) float32 arrays, or None when the set is not kept in RAM.
+    sums : ndarray of float64, shape (n, 3, C)
+        Per image: pixel count, sum and sum of squares per channel.
+    failed : list of (str, str)
+        (path, message) of the items that could not be read.
     """
 
     items: list[Item]
@@ -45,17 +50,51 @@ class DecodedSet:
         return len(self.items)
 
     def subset(self, idx: list[int] | np.ndarray) -> DecodedSet:
-        """The images at positions `idx` (no file is read again)."""
+        """The images at positions `idx` (no file is read again).
+
+        Parameters
+        ----------
+        idx : list of int or ndarray
+            Positions in `items`.
+
+        Returns
+        -------
+        DecodedSet
+            Sharing the arrays with this set; its `failed` is empty.
+        """
         idx = [int(i) for i in idx]
         arrays = None if self.arrays is None else [self.arrays[i] for i in idx]
         return DecodedSet([self.items[i] for i in idx], self.spec, arrays, self.sums[idx], [])
 
     def labels(self, classes: list[str]) -> list[int]:
+        """The class index of every item, in order.
+
+        Parameters
+        ----------
+        classes : list of str
+            The class names; an item's label is looked up in it.
+
+        Returns
+        -------
+        list of int
+
+        Raises
+        ------
+        KeyError
+            An item's label is not in `classes`.
+        """
         index = {c: i for i, c in enumerate(classes)}
         return [index[it.label] for it in self.items]
 
     def normalised_spec(self) -> InputSpec:
-        """`spec` with the per-channel mean and standard deviation of these images (std at least 1e-3)."""
+        """`spec` with the per-channel mean and standard deviation of these images (std at least 1e-3).
+
+        Computed from `sums`, over all pixels of all images together.
+
+        Returns
+        -------
+        InputSpec
+        """
         count, total, sq = self.sums.sum(0)
         mean = total / np.maximum(count, 1)
         std = np.sqrt(np.maximum(sq / np.maximum(count, 1) - mean**2, 1e-12))
@@ -63,7 +102,21 @@ class DecodedSet:
                                    std=tuple(float(max(s, 1e-3)) for s in std))
 
     def arrays_or_decode(self, *, workers: int = 0, max_pixels: int | None = None) -> list[np.ndarray]:
-        """The arrays, decoding them now when the set is not kept in RAM (validation needs them all)."""
+        """The arrays, decoding them now when the set is not kept in RAM (validation needs them all).
+
+        Parameters
+        ----------
+        workers : int, default 0
+            Decoding processes when the files are read (0: in this process).
+        max_pixels : int or None
+            Decompression-bomb guard (None: the default limit; 0: none).
+
+        Returns
+        -------
+        list of ndarray
+            (C, H, W) float32 arrays. A file that became unreadable since is left out, so the list is then
+            shorter than `items`.
+        """
         if self.arrays is not None:
             return self.arrays
         return decode_items(self.items, self.spec, keep=True, workers=workers, max_pixels=max_pixels).arrays
@@ -75,17 +128,30 @@ def decode_items(items: list[Item], spec: InputSpec, *, keep: bool, workers: int
 
     Parameters
     ----------
-    items : the images to read.
-    spec : channels, size, fit and pipeline (see `microcli.inputs.prepare_array`).
-    keep : keep the arrays in RAM (else only the statistics are kept).
-    workers : decoding processes (0: in this process).
-    max_pixels : decompression-bomb guard.
-    strict : raise at the first unreadable image instead of listing it in `failed`.
-    on_progress : called with (done, total) after each image.
+    items : list of Item
+        The images to read.
+    spec : InputSpec
+        Channels, size, fit and pipeline (see `microcli.inputs.prepare_array`).
+    keep : bool
+        Keep the arrays in RAM (else only the statistics are kept).
+    workers : int, default 0
+        Decoding processes (0: in this process).
+    max_pixels : int or None
+        Decompression-bomb guard (None: the default limit; 0: none).
+    strict : bool, default False
+        Raise at the first unreadable image instead of listing it in `failed`.
+    on_progress : callable, optional
+        Called with (done, total) after each image, readable or not.
+
+    Returns
+    -------
+    DecodedSet
+        The readable items in their original order, their arrays (if `keep`), sums and failures.
 
     Raises
     ------
-    DataError : with `strict`, the first unreadable image.
+    DataError
+        With `strict`, the first unreadable image.
     """
     ok, arrays, failed, sums = [], [] if keep else None, [], []
     for i, got in enumerate(prepare_many([it.path for it in items], spec, workers=workers, max_pixels=max_pixels)):
@@ -115,7 +181,24 @@ def available_ram() -> int:
 
 def choose_cache(requested: str, n_images: int, spec: InputSpec) -> tuple[str, str]:
     """'ram' or 'none', and why. auto keeps the decoded set in RAM when it needs under half the free memory
-    (crop-mode images are kept at native scale: counted as 4x the input size)."""
+    (crop-mode images are kept at native scale: counted as 4x the input size).
+
+    Parameters
+    ----------
+    requested : str
+        'auto', 'ram' or 'none'; anything but 'auto' is returned as it is.
+    n_images : int
+        How many images would be kept.
+    spec : InputSpec
+        Their channels, input size and fit, for the estimate (4 bytes per float32 value).
+
+    Returns
+    -------
+    cache : str
+        'ram' or 'none' (or `requested`).
+    reason : str
+        Why, with the estimate and the free memory in MiB.
+    """
     if requested != "auto":
         return requested, "asked for"
     need = n_images * spec.channels * spec.img_size**2 * 4 * (4 if spec.fit == "crop" else 1)
@@ -126,7 +209,29 @@ def choose_cache(requested: str, n_images: int, spec: InputSpec) -> tuple[str, s
 
 
 class Source:
-    """Training batches by index: from RAM, or decoded again on each request (cache none)."""
+    """Training batches by index: from RAM, or decoded again on each request (cache none).
+
+    Parameters
+    ----------
+    data : DecodedSet
+        The training set; its arrays are used when it kept them.
+    workers : int, default 0
+        Processes that decode a batch when the set is not in RAM (0: in this process).
+    max_pixels : int or None
+        Decompression-bomb guard for those reads.
+
+    Attributes
+    ----------
+    paths : list of str
+        The files, by index.
+    spec : InputSpec
+    arrays : list of ndarray or None
+        The decoded (C, H, W) float32 arrays, or None (cache none).
+    workers, max_pixels
+        As given.
+    stacked : Tensor or None
+        All arrays as one (N, C, S, S) tensor when they share a shape, else None.
+    """
 
     def __init__(self, data: DecodedSet, *, workers: int = 0, max_pixels: int | None = None):
         self.paths = [it.path for it in data.items]
@@ -154,7 +259,25 @@ class Source:
         return got
 
     def batch(self, idx: list[int], g: torch.Generator) -> torch.Tensor:
-        """A training batch: the images (fit=resize), or random crops at native scale (fit=crop)."""
+        """A training batch: the images (fit=resize), or random crops at native scale (fit=crop).
+
+        Parameters
+        ----------
+        idx : list of int
+            The images' indices.
+        g : torch.Generator
+            The CPU generator that places the crops.
+
+        Returns
+        -------
+        Tensor of float32, shape (len(idx), C, S, S)
+            S is ``spec.img_size``; on the CPU, not normalised.
+
+        Raises
+        ------
+        DataError
+            A file re-read for this batch (cache none) has become unreadable.
+        """
         size = self.spec.img_size
         if self.stacked is not None and self.spec.fit == "resize":
             return self.stacked[idx]
@@ -170,5 +293,6 @@ class Source:
         return torch.from_numpy(np.ascontiguousarray(np.stack(crops)))
 
     def close(self) -> None:
+        """Shut down the decoding processes, if any were started (pending work is cancelled)."""
         if self._pool:
             self._pool.shutdown(cancel_futures=True)

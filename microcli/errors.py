@@ -6,19 +6,42 @@ from pathlib import Path
 
 
 class MicrocliError(Exception):
-    """Base class of every error microcli raises on purpose."""
+    """Base class of every error microcli raises on purpose.
+
+    Attributes
+    ----------
+    exit_code : int
+        The CLI's exit status for it: 1 (error), 2 for usage errors (`UsageError`, `PipelineError`).
+    """
 
     exit_code = 1
 
 
 class UsageError(MicrocliError):
-    """Options that contradict each other or name something that does not exist."""
+    """Options that contradict each other or name something that does not exist (exit code 2)."""
 
     exit_code = 2
 
 
 class ImageReadError(MicrocliError):
-    """An image file that cannot be read. `path` names it, `rule` says which check it failed."""
+    """An image file that cannot be read. `path` names it, `rule` says which check it failed.
+
+    The message is ``"<path>: <rule> (<detail>)"``; each subclass sets its own `rule`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    detail : str, optional
+        What the reader found, e.g. "no such file"; left out of the message when empty.
+
+    Attributes
+    ----------
+    path : str
+    detail : str
+    rule : str
+        The class's one-phrase reason, "unreadable image" here.
+    """
 
     rule = "unreadable image"
 
@@ -29,27 +52,37 @@ class ImageReadError(MicrocliError):
 
 
 class EmptyFileError(ImageReadError):
+    """A file of 0 bytes."""
+
     rule = "empty file (0 bytes)"
 
 
 class NotAnImageError(ImageReadError):
+    """Not an image: a directory, a missing file, or content that is not PNG, JPEG, BMP or TIFF."""
+
     rule = "not an image file"
 
 
 class UnsupportedImageError(ImageReadError):
+    """A format (GIF, WebP, HEIF...), pixel layout or sample type microcli does not read."""
+
     rule = "unsupported image format or layout"
 
 
 class TruncatedImageError(ImageReadError):
+    """A PNG, JPEG, BMP or TIFF whose header or data cannot be decoded."""
+
     rule = "truncated or corrupt image data"
 
 
 class ImageTooLargeError(ImageReadError):
+    """More pixels than `max_pixels` allows (default: ``MICROCLI_MAX_PIXELS`` or 200 Mpx)."""
+
     rule = "too many pixels (decompression-bomb guard; raise --max-pixels if the file is trusted)"
 
 
 class PipelineError(MicrocliError):
-    """A preprocessing op or parameter that is not valid."""
+    """A preprocessing op or parameter that is not valid (exit code 2)."""
 
     exit_code = 2
 
@@ -72,5 +105,18 @@ class OutputExistsError(MicrocliError):
 
 def describe(path: str | Path, exc: BaseException) -> str:
     """The one-line message for a file that failed: our typed errors say it themselves; anything else
-    (a decoder surprise) is named with its type, so that one bad image never kills a batch silently."""
+    (a decoder surprise) is named with its type, so that one bad image never kills a batch silently.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file that failed.
+    exc : BaseException
+        What it raised.
+
+    Returns
+    -------
+    str
+        ``str(exc)`` for a `MicrocliError` (it names the file), else ``"<path>: <type>: <exc>"``.
+    """
     return str(exc) if isinstance(exc, MicrocliError) else f"{path}: {type(exc).__name__}: {exc}"

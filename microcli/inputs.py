@@ -22,7 +22,21 @@ from .preprocess import Pipeline
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How a file becomes a (C, S, S) array; stored in every model bundle."""
+    """How a file becomes a (C, S, S) array; stored in every model bundle.
+
+    Attributes
+    ----------
+    channels : int
+        1 (read as luma) or 3 (read as RGB).
+    img_size : int
+        S, the network input side in pixels.
+    fit : str
+        'resize' (shorter side to S, centre crop) or 'crop' (native pixel scale; see `fit_array`).
+    pipeline : tuple of dict
+        The classical preprocessing, as `Pipeline.to_list` gives it.
+    mean, std : tuple of float
+        Per-channel normalisation statistics of the training images; empty until they are computed.
+    """
 
     channels: int = 1
     img_size: int = 128
@@ -32,15 +46,34 @@ class InputSpec:
     std: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
+        """JSON-ready: the fields, tuples as lists."""
         return {"channels": self.channels, "img_size": self.img_size, "fit": self.fit,
                 "pipeline": list(self.pipeline), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
+        """The inverse of `to_dict`; pipeline, mean and std may be missing (empty).
+
+        Parameters
+        ----------
+        d : dict
+            With "channels", "img_size" and "fit", as in a bundle's "input".
+
+        Returns
+        -------
+        InputSpec
+        """
         return cls(int(d["channels"]), int(d["img_size"]), str(d["fit"]), tuple(d.get("pipeline", ())),
                    tuple(d.get("mean", ())), tuple(d.get("std", ())))
 
     def get_pipeline(self) -> Pipeline:
+        """`pipeline` as a checked `Pipeline`.
+
+        Raises
+        ------
+        PipelineError
+            A stored step this version does not know or accept.
+        """
         return Pipeline.from_list(list(self.pipeline))
 
 
@@ -56,7 +89,24 @@ def _resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
     """resize: shorter side to `size`, centre crop to size x size. crop: keep the native pixel scale
-    (only images whose shorter side is below `size` are enlarged to it)."""
+    (only images whose shorter side is below `size` are enlarged to it).
+
+    Scaling is bilinear with antialiasing (Pillow), channel by channel.
+
+    Parameters
+    ----------
+    arr : ndarray of float32, shape (H, W) or (H, W, C)
+    size : int
+        The network input side in pixels.
+    fit : str
+        'resize' or 'crop'.
+
+    Returns
+    -------
+    ndarray of float32
+        (size, size[, C]) for resize; for crop, both sides at least `size` (`arr` itself when it is
+        large enough).
+    """
     h, w = arr.shape[:2]
     short = min(h, w)
     if fit == "resize" or short < size:
@@ -72,7 +122,33 @@ def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
 
 def load_for_model(path: str, spec: InputSpec, *, max_pixels: int | None = None,
                    size_hint: int | None = None) -> np.ndarray:
-    """Read at the model's channel count and apply its classical pipeline: float32 (H, W) or (H, W, 3)."""
+    """Read at the model's channel count and apply its classical pipeline: float32 (H, W) or (H, W, 3).
+
+    A 3-channel model gets a gray pipeline output (an edge map, say) repeated into 3 channels.
+
+    Parameters
+    ----------
+    path : str
+        The image file.
+    spec : InputSpec
+        Its channels and pipeline are used.
+    max_pixels : int or None
+        Decompression-bomb guard (None: the default limit; 0: none).
+    size_hint : int or None
+        Passed to `read_image`: a JPEG may be decoded at a reduced scale no smaller than this.
+
+    Returns
+    -------
+    ndarray of float32
+        (H, W) for 1 channel, (H, W, 3) for 3; intensities scaled from the file's range, then filtered.
+
+    Raises
+    ------
+    ImageReadError
+        The file cannot be read (one of its subclasses).
+    OpError, PipelineError
+        The pipeline cannot be applied to this image, or is not valid.
+    """
     pipeline = spec.get_pipeline()
     img = read_image(path, mode="gray" if spec.channels == 1 else "rgb", max_pixels=max_pixels, size_hint=size_hint)
     arr = (pipeline.apply(img.data) if pipeline else img.data).astype(np.float32, copy=False)
@@ -82,17 +158,60 @@ def load_for_model(path: str, spec: InputSpec, *, max_pixels: int | None = None,
 
 
 def to_chw(arr: np.ndarray) -> np.ndarray:
+    """(H, W) -> (1, H, W), (H, W, C) -> (C, H, W), as a C-contiguous float32 array.
+
+    Parameters
+    ----------
+    arr : ndarray, shape (H, W) or (H, W, C)
+
+    Returns
+    -------
+    ndarray of float32, shape (C, H, W)
+    """
     return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), dtype=np.float32)
 
 
 def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) -> np.ndarray:
-    """File -> float32 (C, H, W): read at the model's channel count, pipeline, fit. Not yet normalised."""
+    """File -> float32 (C, H, W): read at the model's channel count, pipeline, fit. Not yet normalised.
+
+    Parameters
+    ----------
+    path : str
+        The image file.
+    spec : InputSpec
+        Channels, size, fit and pipeline; with fit=resize and no pipeline, a JPEG may be decoded at a
+        reduced scale, no smaller than `img_size` on each side.
+    max_pixels : int or None
+        Decompression-bomb guard (None: the default limit; 0: none).
+
+    Returns
+    -------
+    ndarray of float32, shape (C, H, W)
+        H = W = ``spec.img_size`` for fit=resize; both at least that for fit=crop.
+
+    Raises
+    ------
+    ImageReadError, OpError, PipelineError
+        As `load_for_model`.
+    """
     hint = spec.img_size if (spec.fit == "resize" and not spec.pipeline) else None
     arr = load_for_model(path, spec, max_pixels=max_pixels, size_hint=hint)
     return to_chw(fit_array(arr, spec.img_size, spec.fit))
 
 
 def prepare_or_error(args) -> np.ndarray | str:
+    """`prepare_array` that returns any failure as its message instead of raising (for worker pools).
+
+    Parameters
+    ----------
+    args : tuple
+        (path, spec, max_pixels), one picklable argument for `map`.
+
+    Returns
+    -------
+    ndarray or str
+        The (C, H, W) float32 array, or the one-line message naming the file (`microcli.errors.describe`).
+    """
     path, spec, max_pixels = args
     try:
         return prepare_array(path, spec, max_pixels=max_pixels)
@@ -103,13 +222,47 @@ def prepare_or_error(args) -> np.ndarray | str:
 def prepare_many(paths: Iterable[str], spec: InputSpec, *, workers: int = 0, max_pixels: int | None = None,
                  chunk: int = 16, threads: bool = False) -> Iterator[np.ndarray | str]:
     """prepare_array over many files, in order, in `workers` processes or threads (0: in this process).
-    Yields the array, or the error message (naming the file) for a file that failed."""
+    Yields the array, or the error message (naming the file) for a file that failed.
+
+    Parameters
+    ----------
+    paths : iterable of str
+        Consumed lazily (a stdin pipe may still be running).
+    spec : InputSpec
+    workers : int, default 0
+        Processes, or threads with `threads` (0: in this process).
+    max_pixels : int or None
+        Decompression-bomb guard (None: the default limit; 0: none).
+    chunk : int, default 16
+        Files per task sent to a worker.
+    threads : bool, default False
+        Threads instead of processes (see `microcli.parallel.bounded_map`).
+
+    Yields
+    ------
+    ndarray or str
+        One per path, in order: the (C, H, W) float32 array or the error message.
+    """
     yield from bounded_map(prepare_or_error, ((p, spec, max_pixels) for p in paths), workers=workers, chunk=chunk,
                            threads=threads)
 
 
 def detect_channels(paths: Iterable[str], *, max_pixels: int | None = None) -> int:
-    """1 when every readable image is grayscale (channels equal within JPEG noise), else 3."""
+    """1 when every readable image is grayscale (channels equal within JPEG noise), else 3.
+
+    Reads the images in order until the first colour one; unreadable ones are skipped.
+
+    Parameters
+    ----------
+    paths : iterable of str
+    max_pixels : int or None
+        Decompression-bomb guard (None: the default limit; 0: none).
+
+    Returns
+    -------
+    int
+        1 or 3 (1 also when no image can be read).
+    """
     for p in paths:
         try:
             if has_colour(read_image(p, mode="auto", max_pixels=max_pixels).data):

@@ -40,23 +40,31 @@ class Sampler(Choice):
 
 
 class Channels(Choice):
+    """Network input channels: auto (1 when every training image is grayscale, else 3), 1 (luma) or 3 (RGB)."""
+
     auto = "auto"
     one = "1"
     three = "3"
 
 
 class Optimizer(Choice):
+    """Training optimiser: adamw (AdamW) or sgd (SGD with Nesterov momentum)."""
+
     adamw = "adamw"
     sgd = "sgd"
 
 
 class ClassWeights(Choice):
+    """Loss weights per class: none (equal) or balanced (N / (K * n_class), inverse class frequency)."""
+
     none = "none"
     balanced = "balanced"  # 1/class size, bounded
     effective = "effective"  # 1/effective number of samples (Cui et al. 2019), bounded
 
 
 class Precision(Choice):
+    """Autocast dtype: auto (CUDA: bf16 or fp16; CPU: bf16 to train where native, else fp32), fp32, bf16 or fp16."""
+
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
@@ -64,6 +72,8 @@ class Precision(Choice):
 
 
 class Device(Choice):
+    """Where the network runs: auto (CUDA, else Apple MPS, else the CPU), cpu, cuda or mps."""
+
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
@@ -71,12 +81,16 @@ class Device(Choice):
 
 
 class Cache(Choice):
+    """Decoded training images: auto (in RAM when under half the free memory), ram, or none (decoded per batch)."""
+
     auto = "auto"
     ram = "ram"
     none = "none"
 
 
 class Split(Choice):
+    """Images to evaluate: auto (test if any; else val of the run's own split, all of DATA), train, val, test, all."""
+
     auto = "auto"
     train = "train"
     val = "val"
@@ -85,18 +99,22 @@ class Split(Choice):
 
 
 class ReportFormat(Choice):
+    """Report output: table (rich tables for people) or json (for programs, on stdout)."""
+
     table = "table"
     json = "json"
 
 
 class RowFormat(Choice):
+    """Prediction rows: csv (with header), tsv or jsonl (one JSON object per line)."""
+
     csv = "csv"
     tsv = "tsv"
     jsonl = "jsonl"
 
 
 class Aggregate(Choice):
-    """How the softmax outputs of a large image's tiles combine into one."""
+    """How a large image's tile softmaxes combine into one: mean, vote (share of tiles won) or max (renormalised)."""
 
     mean = "mean"
     vote = "vote"
@@ -104,5 +122,7 @@ class Aggregate(Choice):
 
 
 class OnError(Choice):
+    """An unreadable input in predict: continue (an error row or line, exit 3 at the end) or fail (stop at it)."""
+
     continue_ = "continue"
     fail = "fail"

@@ -16,6 +16,19 @@ def auto_workers(requested: int, *, threads: bool = False) -> int:
       one decoding thread measured fastest (452 img/s against 396 in-process and 413 with two).
     - processes (preprocess filters every file; training decodes the set once): one per core
       (preprocess: 2.1x a plain loop on 2 cores).
+
+    Parameters
+    ----------
+    requested : int
+        The `--workers` value: -1 or a count of at least 0.
+    threads : bool, default False
+        The workers are threads beside the model (predict, evaluate), not processes.
+
+    Returns
+    -------
+    int
+        `requested` when it is at least 0; for -1, cores // 2 clamped to 1..8 with `threads`, else the
+        core count.
     """
     if requested >= 0:
         return requested
@@ -37,6 +50,26 @@ def bounded_map(fn: Callable, items: Iterable, *, workers: int, chunk: int = 8, 
 
     Unlike Executor.map, which submits every item at once, this consumes `items` lazily (a `find` pipe
     may still be running) and keeps memory flat however many files there are.
+
+    Parameters
+    ----------
+    fn : callable
+        Called on each item; with processes it must be picklable (a module-level function).
+    items : iterable
+    workers : int
+        Processes (or threads); 0 or less: plain `map` in this process.
+    chunk : int, default 8
+        Items per task sent to a worker.
+    ahead : int, default 8
+        Chunks submitted and not yet yielded, at most.
+    threads : bool, default False
+        Use threads instead of processes.
+
+    Yields
+    ------
+    object
+        ``fn(item)`` for each item, in the order of `items`. An exception in `fn` is raised here when its
+        chunk's turn comes.
     """
     if workers <= 0:
         yield from map(fn, items)

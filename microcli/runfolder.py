@@ -28,8 +28,15 @@ class RunFolder:
 
     Parameters
     ----------
-    path : the folder.
-    main : False on the other ranks of a distributed run: nothing is written.
+    path : str or Path
+        The folder.
+    main : bool, default True
+        False on the other ranks of a distributed run: nothing is written.
+
+    Attributes
+    ----------
+    path : Path
+    main : bool
     """
 
     def __init__(self, path: str | Path, *, main: bool = True):
@@ -44,10 +51,31 @@ class RunFolder:
         finished an epoch (only config.json / split.csv / skipped.csv). `resume` needs last.pt. Stale
         temporary files of a killed run are removed in every case.
 
+        With `force`, only the files in `RUN_FILES` are deleted; a folder left before the first epoch has its
+        config.json, split.csv and skipped.csv deleted. Nothing is deleted on ranks other than `main`.
+
+        Parameters
+        ----------
+        path : str or Path
+            The run folder; it need not exist (it is made by `write_start`).
+        resume : bool
+            Continue the run in the folder (``--resume``).
+        force : bool
+            Replace a trained run (``--force``).
+        main : bool, default True
+            False on the other ranks of a distributed run.
+
+        Returns
+        -------
+        RunFolder
+
         Raises
         ------
-        OutputExistsError : the folder holds a trained run and `force` is not set.
-        UsageError : `resume` and no last.pt.
+        OutputExistsError
+            The folder holds a trained run (or any file that is not one of those three and does not start
+            with '.', the user's own included) and `force` is not set.
+        UsageError
+            `resume` and no last.pt.
         """
         run = cls(path, main=main)
         if resume:
@@ -78,7 +106,19 @@ class RunFolder:
 
     def load_last(self) -> Bundle:
         """last.pt, for resuming; metrics.csv is trimmed to its epoch (a kill between the two writes
-        must not make the resumed run write an epoch twice)."""
+        must not make the resumed run write an epoch twice).
+
+        Every rank reads the file; only the main rank trims metrics.csv.
+
+        Returns
+        -------
+        Bundle
+
+        Raises
+        ------
+        CheckpointError
+            last.pt is missing, unreadable or not a microcli bundle.
+        """
         bundle = load_bundle(self.path / "last.pt")
         if self.main and bundle.training_state:
             self._trim_metrics(int(bundle.training_state.get("epoch", 0)))
@@ -98,7 +138,19 @@ class RunFolder:
                 w.writerows(kept)
 
     def write_start(self, *, splits: dict[str, list[Item]], skipped: list[tuple[str, str]], config: dict) -> None:
-        """split.csv, skipped.csv (if any image was unreadable) and config.json, as training starts."""
+        """split.csv, skipped.csv (if any image was unreadable) and config.json, as training starts.
+
+        Creates the folder if needed.
+
+        Parameters
+        ----------
+        splits : dict of str to list of Item
+            The items of each split ('train', 'val' and any held-out part), for split.csv.
+        skipped : list of (str, str)
+            (path, error) of the unreadable images, for skipped.csv.
+        config : dict
+            JSON-ready content of config.json.
+        """
         if not self.main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -111,7 +163,18 @@ class RunFolder:
             fh.write("\n")
 
     def write_epoch(self, row: dict, *, best: Bundle | None, last: Bundle) -> None:
-        """One finished epoch: a metrics.csv row, best.pt when it improved, and last.pt."""
+        """One finished epoch: a metrics.csv row, best.pt when it improved, and last.pt.
+
+        Parameters
+        ----------
+        row : dict
+            Column name to value; the header is written with the first row, floats with 6 significant
+            digits.
+        best : Bundle or None
+            The model when the validation score improved, else None.
+        last : Bundle
+            The resumable state after this epoch.
+        """
         if not self.main:
             return
         path = self.path / "metrics.csv"
@@ -126,10 +189,24 @@ class RunFolder:
         save_bundle(last, self.path / "last.pt")
 
     def save_last(self, bundle: Bundle) -> None:
+        """Write last.pt alone (after an interrupted epoch, say).
+
+        Parameters
+        ----------
+        bundle : Bundle
+            The resumable state.
+        """
         if self.main:
             save_bundle(bundle, self.path / "last.pt")
 
     def write_curves(self, rows: list[dict]) -> None:
+        """Plot curves.png (loss and accuracy per epoch, train and validation); nothing without rows.
+
+        Parameters
+        ----------
+        rows : list of dict
+            The metrics.csv rows, one per epoch.
+        """
         if self.main and rows:
             from .report import plot_curves
 
@@ -137,4 +214,5 @@ class RunFolder:
 
     @property
     def has_best(self) -> bool:
+        """True when best.pt exists in the folder (checked on every rank)."""
         return (self.path / "best.pt").is_file()

@@ -16,24 +16,73 @@ from .ops import OPS
 
 @dataclass(frozen=True)
 class Step:
-    """One op with its fully resolved parameters (defaults filled in), kept as sorted pairs."""
+    """One op with its fully resolved parameters (defaults filled in), kept as sorted pairs.
+
+    Attributes
+    ----------
+    op : str
+        The op's name, a key of `OPS`.
+    items : tuple of (str, Any)
+        Every parameter of the op with its checked value, sorted by name (hashable, unlike a dict).
+
+    Examples
+    --------
+    >>> str(Step.parse("gaussian:sigma=2"))
+    'gaussian:sigma=2'
+    >>> Step.parse("gaussian").params
+    {'sigma': 1.0}
+    """
 
     op: str
     items: tuple[tuple[str, Any], ...] = ()
 
     @property
     def params(self) -> dict[str, Any]:
+        """The parameters as a dict, name to value."""
         return dict(self.items)
 
     @classmethod
     def make(cls, op: str, raw: dict[str, Any] | None = None) -> Step:
+        """A step from an op name and raw parameter values, checked and completed with the defaults.
+
+        Parameters
+        ----------
+        op : str
+            The op's name (case-sensitive here; `parse` lower-cases it).
+        raw : dict, optional
+            Parameter name to a CLI string or JSON value; None or missing keys take the defaults.
+
+        Returns
+        -------
+        Step
+
+        Raises
+        ------
+        PipelineError
+            An unknown op or parameter, or a value that breaks its rule.
+        """
         if op not in OPS:
             raise PipelineError(f"unknown op '{op}' (ops: {', '.join(sorted(OPS))}; see 'microcli preprocess --list')")
         return cls(op, tuple(sorted(OPS[op].validate(raw or {}).items())))
 
     @classmethod
     def parse(cls, text: str) -> Step:
-        """'name' or 'name:key=value,key=value'."""
+        """A step from CLI text: 'name' or 'name:key=value,key=value'.
+
+        Parameters
+        ----------
+        text : str
+            One step; spaces around names, keys and values are ignored, and the op name is lower-cased.
+
+        Returns
+        -------
+        Step
+
+        Raises
+        ------
+        PipelineError
+            A pair that is not key=value, or anything `make` refuses.
+        """
         name, _, args = text.strip().partition(":")
         raw: dict[str, str] = {}
         for pair in filter(None, (a.strip() for a in args.split(","))):
@@ -49,6 +98,26 @@ class Step:
         return f"{self.op}:{args}" if args else self.op
 
     def apply(self, image: np.ndarray) -> np.ndarray:
+        """Run the op on one image.
+
+        A bool mask (the output of a binary op) becomes float32 0/1 first, and a colour image becomes luma
+        (ITU-R 601 weights) for an op that works on grayscale only.
+
+        Parameters
+        ----------
+        image : ndarray, shape (H, W) or (H, W, 3)
+            float32 intensities scaled from the file's own range, or a bool mask.
+
+        Returns
+        -------
+        ndarray
+            What the op returns: float32, or bool for a binary op; the shape may change (resize, crop...).
+
+        Raises
+        ------
+        OpError
+            The op cannot be applied to this image (crop larger than the image).
+        """
         spec = OPS[self.op]
         if image.dtype == bool:
             image = image.astype(np.float32)
@@ -67,11 +136,44 @@ def _fmt(v: Any) -> str:
 
 @dataclass(frozen=True)
 class Pipeline:
+    """An ordered list of checked steps, applied one after the other; empty means no preprocessing.
+
+    Stored in model bundles (as `to_list`), so a model applies the same filters everywhere. str() gives
+    the CLI form, with only the parameters that differ from their defaults.
+
+    Attributes
+    ----------
+    steps : tuple of Step
+
+    Examples
+    --------
+    >>> p = Pipeline.parse("median:radius=2|stretch:low=0.5")
+    >>> str(p)
+    'median:radius=2|stretch:low=0.5'
+    >>> Pipeline.from_json(p.to_json()) == p
+    True
+    """
+
     steps: tuple[Step, ...] = ()
 
     @classmethod
     def parse(cls, specs: str | Iterable[str] | None) -> Pipeline:
-        """From CLI text: one string with steps joined by '|', or several strings (repeated --op)."""
+        """From CLI text: one string with steps joined by '|', or several strings (repeated --op).
+
+        Parameters
+        ----------
+        specs : str, iterable of str or None
+            The steps (see `Step.parse`); blank steps are skipped, None gives an empty pipeline.
+
+        Returns
+        -------
+        Pipeline
+
+        Raises
+        ------
+        PipelineError
+            A step that is not valid.
+        """
         if specs is None:
             return cls()
         if isinstance(specs, str):
@@ -80,20 +182,54 @@ class Pipeline:
         return cls(tuple(Step.parse(t) for t in texts))
 
     def to_list(self) -> list[dict[str, Any]]:
+        """JSON-ready: ``[{"op": name, "params": {...}}, ...]`` with every parameter, defaults included."""
         return [{"op": s.op, "params": s.params} for s in self.steps]
 
     @classmethod
     def from_list(cls, items: list[dict[str, Any]]) -> Pipeline:
+        """The inverse of `to_list`; a missing "params" means all defaults.
+
+        Parameters
+        ----------
+        items : list of dict
+            ``{"op": name, "params": {...}}`` per step, values as JSON or CLI strings.
+
+        Returns
+        -------
+        Pipeline
+
+        Raises
+        ------
+        PipelineError
+            Not a list of such dicts, or a step that is not valid.
+        """
         try:
             return cls(tuple(Step.make(d["op"], d.get("params", {})) for d in items))
         except (TypeError, KeyError) as exc:
             raise PipelineError(f"pipeline JSON must be a list of {{'op': name, 'params': {{...}}}}: {exc}") from None
 
     def to_json(self) -> str:
+        """`to_list` as indented JSON text."""
         return json.dumps(self.to_list(), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> Pipeline:
+        """The inverse of `to_json`.
+
+        Parameters
+        ----------
+        text : str
+            JSON text of a list as `from_list` takes.
+
+        Returns
+        -------
+        Pipeline
+
+        Raises
+        ------
+        PipelineError
+            The text is not JSON, or `from_list` refuses it.
+        """
         try:
             return cls.from_list(json.loads(text))
         except json.JSONDecodeError as exc:
@@ -107,9 +243,27 @@ class Pipeline:
 
     @property
     def binary_output(self) -> bool:
+        """True when the last step makes a mask (canny, threshold), written as 8-bit 0/255."""
         return bool(self.steps) and OPS[self.steps[-1].op].binary
 
     def apply(self, image: np.ndarray) -> np.ndarray:
+        """Run every step in order (see `Step.apply`); an empty pipeline returns `image` itself.
+
+        Parameters
+        ----------
+        image : ndarray of float32, shape (H, W) or (H, W, 3)
+            Intensities scaled from the file's own range.
+
+        Returns
+        -------
+        ndarray
+            float32, or bool when `binary_output`; the shape may change (resize, rescale, crop, gray-only ops).
+
+        Raises
+        ------
+        OpError
+            A step cannot be applied to this image.
+        """
         for step in self.steps:
             image = step.apply(image)
         return image
