@@ -113,3 +113,26 @@ def test_pipeline_json_errors():
 def test_step_defaults_are_resolved():
     assert Step.parse("gaussian").params == {"sigma": 1.0}
     assert str(Step.parse("gaussian:sigma=1")) == "gaussian"
+
+
+def test_unsharp_on_colour_matches_per_channel_grayscale():
+    rng = np.random.default_rng(4)
+    rgb = rng.random((24, 40, 3)).astype(np.float32)
+    out = Pipeline.parse("unsharp:radius=1.5,amount=2").apply(rgb)
+    gray = np.stack([Pipeline.parse("unsharp:radius=1.5,amount=2").apply(rgb[..., c]) for c in range(3)], -1)
+    np.testing.assert_allclose(out, gray, atol=1e-5)
+
+
+def test_nlm_with_automatic_strength_estimates_the_noise():
+    from microcli.preprocess.ops import _noise_sigma
+
+    rng = np.random.default_rng(5)
+    noisy = np.clip(0.5 + rng.normal(0, 0.05, (96, 96)), 0, 1).astype(np.float32)
+    assert _noise_sigma(noisy) == pytest.approx(0.05, rel=0.15)
+    assert Pipeline.parse("denoise:method=nlm").apply(noisy).std() < 0.5 * noisy.std()
+
+
+def test_canny_threshold_against_the_automatic_other_one_is_a_pipeline_error():
+    with pytest.raises(PipelineError, match=r"'low' \(0\.1, automatic\) must not exceed 'high' \(0\.05\)"):
+        Pipeline.parse("canny:high=0.05")
+    Pipeline.parse("canny:high=0.5")

@@ -223,7 +223,24 @@ def _require(cond: bool, op_name: str, msg: str) -> None:
 
 
 def _channel_kw(image: np.ndarray) -> dict:
-    return {"channel_axis": -1} if image.ndim == 3 else {}
+    # A positive axis: scikit-image 0.26's unsharp_mask mishandles channel_axis=-1 (it writes rows 0-2 only).
+    return {"channel_axis": image.ndim - 1} if image.ndim == 3 else {}
+
+
+def _noise_sigma(image: np.ndarray) -> float:
+    """Gaussian noise sigma, averaged over channels: scikit-image's wavelet estimate (Donoho's median
+    absolute deviation of the finest diagonal detail) when PyWavelets is installed; otherwise the same
+    estimate on Haar detail coefficients, ``(a - b - c + d) / 2`` over 2x2 blocks, / 0.6745."""
+    try:
+        from skimage.restoration import estimate_sigma
+
+        return float(np.mean(estimate_sigma(image, **_channel_kw(image))))
+    except ImportError:
+        x = image if image.ndim == 3 else image[..., None]
+        h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+        x = x[:h, :w].astype(np.float64)
+        hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2
+        return float(np.mean(np.median(np.abs(hh.reshape(-1, hh.shape[-1])), axis=0) / 0.6745)) if hh.size else 0.0
 
 
 # --- smoothing ---------------------------------------------------------------------------------------
@@ -300,9 +317,8 @@ def unsharp(image, *, radius, amount):
 
     Notes
     -----
-    With scikit-image 0.26, colour input comes back wrong: `unsharp_mask` slices the first axis for
-    ``channel_axis=-1``, so only rows 0-2 are written and the rest of the output is uninitialised memory.
-    Grayscale input is not affected.
+    Colour channels are passed as ``channel_axis=2``: scikit-image 0.26's `unsharp_mask` slices the first
+    axis for ``channel_axis=-1`` and leaves most of the output uninitialised.
     """
     from skimage.filters import unsharp_mask
 
@@ -336,8 +352,8 @@ def denoise(image, *, method, weight, h, patch_size, patch_distance):
         tv only: denoising weight in (0, 10]; higher is smoother and less faithful to the input.
     h : float or None, default None
         nlm only (PipelineError otherwise): cut-off distance in intensity units, in (0, 10]. None (auto):
-        0.8 x the noise sigma from `skimage.restoration.estimate_sigma` (averaged over channels; 1e-3
-        if that is 0). `estimate_sigma` needs PyWavelets, which microcli does not install.
+        0.8 x the noise sigma (`_noise_sigma`: `skimage.restoration.estimate_sigma` when PyWavelets is
+        installed, else the same robust estimate on Haar detail coefficients; 1e-3 if that is 0).
     patch_size : int, default 5
         nlm only: side of the compared patches in pixels, in [1, 31].
     patch_distance : int, default 6
@@ -347,13 +363,13 @@ def denoise(image, *, method, weight, h, patch_size, patch_distance):
     -------
     ndarray of float32, same shape as `image`
     """
-    from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, estimate_sigma
+    from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 
     kw = _channel_kw(image)
     if method == "tv":
         return denoise_tv_chambolle(image, weight=weight, **kw).astype(np.float32)
     if h is None:
-        h = 0.8 * float(np.mean(estimate_sigma(image, **kw))) or 1e-3
+        h = 0.8 * _noise_sigma(image) or 1e-3
     return denoise_nl_means(image, h=h, patch_size=patch_size, patch_distance=patch_distance,
                             fast_mode=True, preserve_range=True, **kw).astype(np.float32)
 
@@ -399,8 +415,9 @@ def scharr(image):
     return sk_scharr(image).astype(np.float32)
 
 
-@op("laplace", "Laplacian edge response (skimage.filters.laplace); abs=true keeps it in [0, 1].",
-    Param("ksize", int, 3, "kernel size", 3, 31), Param("abs", bool, True, "absolute response"),
+@op("laplace", "Laplacian edge response (skimage.filters.laplace), 3x3; in [0, 4] with abs=true, clipped to "
+                "[0, 1] when written.",
+    Param("ksize", int, 3, "kept for old pipelines: scikit-image uses its 3x3 kernel whatever this is", 3, 31), Param("abs", bool, True, "absolute response"),
     gray_only=True, check=lambda v: _require(v["ksize"] % 2 == 1, "laplace", "parameter 'ksize' must be odd"))
 def laplace(image, *, ksize, abs):
     """Laplacian edge response (`skimage.filters.laplace`).
@@ -433,7 +450,10 @@ def _check_canny(v: dict) -> None:
     if v["quantile"]:
         for name in ("low", "high"):
             _require(v[name] is None or v[name] <= 1, "canny", f"with quantile=true, '{name}' must be in [0, 1]")
-    _require(lo is None or hi is None or lo <= hi, "canny", f"'low' ({lo}) must not exceed 'high' ({hi})")
+    # One threshold given: the other is scikit-image's automatic 0.1 (low) or 0.2 (high).
+    lo_txt, hi_txt = (f"{lo}" if lo is not None else "0.1, automatic"), (f"{hi}" if hi is not None else "0.2, automatic")
+    _require((0.1 if lo is None else lo) <= (0.2 if hi is None else hi), "canny",
+             f"'low' ({lo_txt}) must not exceed 'high' ({hi_txt})")
 
 
 @op("canny", "Canny edge detector (skimage.feature.canny): a binary edge map.",
