@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 
 from .. import __version__
@@ -38,13 +40,18 @@ def root(
     pass
 
 
-app.command()(synth)
-app.command()(preprocess)
+def _command(fn, name: str | None = None) -> None:
+    """Register a command whose help ends with the exit codes. The docstring is dedented and each prose
+    paragraph joined into one line (rich would keep the source's line breaks); indented lines, the
+    examples, stay as they are."""
+    paragraphs = inspect.cleandoc(fn.__doc__).split("\n\n") + [EXIT_CODES]
+    fn.__doc__ = "\n\n".join(p if p.startswith(" ") else " ".join(p.split("\n")) for p in paragraphs)
+    app.command(name)(fn)
+
+
+for _fn in (synth, preprocess, split, train, evaluate, predict):
+    _command(_fn)
 app.command("filters")(list_ops)
-app.command()(split)
-app.command()(train)
-app.command()(evaluate)
-app.command()(predict)
 app.command()(info)
 
 

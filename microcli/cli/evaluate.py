@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..options import Device, Precision, ReportFormat, Split
-from .common import (EXIT_CODES, DeviceOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, WorkersOpt, err,
+from .common import (DeviceOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, WorkersOpt, err,
                      errors_to_exit, out, progress)
 
 def evaluate(
@@ -84,4 +84,3 @@ def evaluate(
         raise typer.Exit(3)
 
 
-evaluate.__doc__ += "\n\n" + EXIT_CODES

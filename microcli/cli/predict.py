@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..options import Aggregate, Device, OnError, Precision, RowFormat
-from .common import (EXIT_CODES, DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
+from .common import (DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
                      ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream)
 
 
@@ -102,5 +102,4 @@ def predict(
         abort("no images found in " + ", ".join(inputs), 1)
 
 
-predict.__doc__ += "\n\n" + EXIT_CODES
 

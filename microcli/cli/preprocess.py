@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import (EXIT_CODES, ForceOpt, MaxPixelsOpt, NullOpt, QuietOpt, WorkersOpt, abort, err, errors_to_exit,
+from .common import (ForceOpt, MaxPixelsOpt, NullOpt, QuietOpt, WorkersOpt, abort, err, errors_to_exit,
                      out, progress, stdin_stream)
 
 
@@ -103,4 +103,3 @@ def preprocess(
         raise typer.Exit(3)
 
 
-preprocess.__doc__ += "\n\n" + EXIT_CODES

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import typer
 
-from .common import EXIT_CODES, err, errors_to_exit, warn
+from .common import err, errors_to_exit, warn
 
 
 def split(
@@ -51,5 +50,3 @@ def split(
     err.print(f"wrote {sum(len(v) for v in parts.values())} rows ({sizes}) to {done.path}")
 
 
-# cleandoc first: an unindented line appended to an indented docstring would stop click from dedenting it
-split.__doc__ = inspect.cleandoc(split.__doc__) + "\n\n" + EXIT_CODES

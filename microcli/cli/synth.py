@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import typer
 
-from .common import EXIT_CODES, err, errors_to_exit
+from .common import err, errors_to_exit
 
 
 def synth(
@@ -47,5 +46,3 @@ def synth(
     err.print(f"wrote {n} images in {len(sizes)} classes{detail} to {out_dir}{grouped}")
 
 
-# cleandoc first: an unindented line appended to an indented docstring would stop click from dedenting it
-synth.__doc__ = inspect.cleandoc(synth.__doc__) + "\n\n" + EXIT_CODES

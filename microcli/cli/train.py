@@ -8,7 +8,7 @@ import typer
 
 from ..models import REGISTRY
 from ..options import Arch, Cache, Channels, ClassWeights, Device, Fit, Optimizer, Precision, Sampler
-from .common import (EXIT_CODES, DeviceOpt, MaxPixelsOpt, PrecisionOpt, ThreadsOpt, WorkersOpt, abort, err,
+from .common import (DeviceOpt, MaxPixelsOpt, PrecisionOpt, ThreadsOpt, WorkersOpt, abort, err,
                      errors_to_exit, progress)
 
 _LR_HELP = ", ".join(f"{m.default_lr:g} {n}" for n, m in REGISTRY.items())
@@ -132,11 +132,11 @@ def train(
 
     Examples:
 
-      microcli train data/ -o runs/a                         # a recipe chosen from the data
+      microcli train data/ -o runs/a               # recipe chosen from the data
 
-      microcli train data/ -o runs/a --time 10               # planned to end within 10 minutes
+      microcli train data/ -o runs/a --time 10     # end within 10 minutes
 
-      microcli train manifest.csv -o runs/cv --folds 5 --refit   # grouped 5-fold cross-validation
+      microcli train manifest.csv -o runs/cv --folds 5 --refit
 
       microcli train sample_images -o runs/lenet --arch lenet --epochs 30
 
@@ -169,7 +169,6 @@ def train(
         raise typer.Exit(3)
 
 
-train.__doc__ += "\n\n" + EXIT_CODES
 # The options that are TrainConfig fields of the same name (data and out are set apart).
 _CONFIG_FIELDS = ("arch", "epochs", "time", "batch_size", "sampler", "ema", "lr", "optimizer", "weight_decay",
                   "warmup_epochs", "label_smoothing", "class_weights", "patience", "val_split", "seed", "img_size", "channels", "fit", "preprocess",
