@@ -113,12 +113,19 @@ def choose_recipe(cfg: TrainConfig, stats: DataStats, *, gpu: bool = False) -> t
                               "1/sqrt(its class size)" if skewed else
                               f"uniform: classes are near balance ({stats.imbalance:.1f}:1)")
     if cfg.epochs is None and cfg.time is None:
-        bs = values.get("batch_size", cfg.batch_size)
-        steps = max(1, stats.n_images // bs)
+        _, steps = batch_plan(values.get("batch_size", cfg.batch_size), stats.n_images, 1)
         values["epochs"] = int(np.clip(round(TARGET_STEPS / steps), MIN_EPOCHS, MAX_EPOCHS))
         reasons["epochs"] = (f"{values['epochs']}: about {TARGET_STEPS} optimiser steps at {steps} per epoch "
                              f"(bounded to {MIN_EPOCHS}-{MAX_EPOCHS}); --time MINUTES plans by the clock instead")
     return dataclasses.replace(cfg, **values), reasons
+
+
+def batch_plan(batch_size: int, n_train: int, world: int) -> tuple[int, int]:
+    """(batch size, steps per epoch). Tiny sets get smaller batches, so that an epoch is still about 16
+    optimiser steps; only full batches run (BatchNorm needs more than one image)."""
+    per_rank = n_train // world
+    bs = max(1, min(batch_size, per_rank, max(8, per_rank // 16)))
+    return bs, max(1, per_rank // bs)
 
 
 def sample_weights(labels: list[int], num_classes: int, how: str) -> np.ndarray | None:

@@ -38,7 +38,7 @@ from .metrics import confusion_report
 from .models import create_model, get_model_info, load_pretrained
 from .parallel import auto_workers
 from .preprocess import Pipeline
-from .recipe import choose_recipe, class_weights, data_stats, plan_epochs, sample_weights
+from .recipe import batch_plan, choose_recipe, class_weights, data_stats, plan_epochs, sample_weights
 from .report import write_report_files
 from .runfolder import RunFolder
 from .splits import groups_from_names, stratified_group_split
@@ -225,14 +225,6 @@ def build_network(cfg: TrainConfig, num_classes: int, channels: int, env: Runtim
         return model, model
     ids = [env.device.index] if env.device.type == "cuda" else None
     return model, nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def batch_plan(batch_size: int, n_train: int, world: int) -> tuple[int, int]:
-    """(batch size, steps per epoch). Tiny sets get smaller batches, so that an epoch is still about 16
-    optimiser steps; only full batches run (BatchNorm needs more than one image)."""
-    per_rank = n_train // world
-    bs = max(1, min(batch_size, per_rank, max(8, per_rank // 16)))
-    return bs, max(1, per_rank // bs)
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, env: Runtime,

@@ -1,0 +1,168 @@
+"""The recipe chosen from the data, the time planner, imbalance handling and weight averaging."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from microcli.checkpoint import load_bundle
+from microcli.config import TrainConfig
+from microcli.recipe import DataStats, choose_recipe, class_weights, plan_epochs, sample_weights
+
+from .conftest import REPO
+
+SAMPLE = REPO / "sample_images"
+
+
+def stats(n=600, classes=6, side=200, skew=1.0) -> DataStats:
+    counts = {f"c{i}": max(2, round(n / classes * skew ** (-i / max(1, classes - 1)))) for i in range(classes)}
+    return DataStats(sum(counts.values()), counts, side)
+
+
+def recipe(st: DataStats, **kw):
+    return choose_recipe(TrainConfig(data="d", out="o", **kw), st)
+
+
+def test_auto_is_a_resnet_and_every_choice_has_a_reason():
+    cfg, why = recipe(stats())
+    assert cfg.resolved and cfg.arch.value == "resnet18"
+    assert set(why) == {"arch", "fit", "img_size", "preprocess", "batch_size", "sampler", "epochs"}
+    assert "LeNet only when asked" in why["arch"]
+
+
+@pytest.mark.parametrize("side,fit,size", [(96, "resize", 96), (128, "resize", 128), (150, "resize", 128),
+                                           (200, "crop", 128), (1024, "crop", 128), (20, "resize", 32)])
+def test_large_images_train_on_native_scale_crops(side, fit, size):
+    cfg, why = recipe(stats(side=side))
+    assert (cfg.fit.value, cfg.img_size) == (fit, size)
+    assert f"{side} px" in why["fit"]
+
+
+def test_a_gpu_affords_torchvision_size():
+    cfg, _ = choose_recipe(TrainConfig(data="d", out="o"), stats(side=1024), gpu=True)
+    assert (cfg.fit.value, cfg.img_size) == ("crop", 224)
+
+
+def test_small_and_large_sets_get_their_batch_size_and_length():
+    small, why_small = recipe(stats(n=120))
+    large, _ = recipe(stats(n=20000))
+    assert small.batch_size == 32 and large.batch_size == 64
+    assert small.epochs == 60 and "optimiser steps" in why_small["epochs"]  # few steps per epoch: the cap
+    assert large.epochs == 15  # many steps per epoch: the floor
+
+
+def test_imbalance_switches_sampling_on_and_says_so():
+    cfg, why = recipe(stats(skew=30))
+    assert cfg.sampler.value == "sqrt" and "33:1" in why["sampler"]
+    assert recipe(stats(skew=2))[0].sampler.value == "uniform"
+
+
+def test_what_the_user_gave_is_kept():
+    cfg, why = recipe(stats(side=1024), arch="lenet", fit="resize", img_size=64, preprocess="", epochs=7,
+                      batch_size=16, sampler="balanced")
+    assert (cfg.arch.value, cfg.fit.value, cfg.img_size, cfg.preprocess, cfg.epochs, cfg.batch_size,
+            cfg.sampler.value) == ("lenet", "resize", 64, "", 7, 16, "balanced")
+    assert why == {}
+
+
+def test_time_budget_leaves_the_length_to_the_planner():
+    cfg, why = recipe(stats(), time=10)
+    assert cfg.epochs is None and "epochs" not in why
+
+
+def test_planner_fits_the_epochs_measured_into_the_budget():
+    # 600 s budget, 60 s spent decoding, epochs of 10 s: 1 done + 53 more (10 s kept for the report).
+    assert plan_epochs(budget_s=600, elapsed_s=70, epoch_s=[10.0], done=1, finish_s=10) == 53
+    # the last two epochs are averaged; the plan never drops below what is done
+    assert plan_epochs(budget_s=600, elapsed_s=80, epoch_s=[30.0, 10.0, 20.0], done=3, finish_s=0) == 3 + 34
+    assert plan_epochs(budget_s=60, elapsed_s=100, epoch_s=[20.0], done=4, finish_s=5) == 4
+    assert plan_epochs(budget_s=10_000, elapsed_s=0, epoch_s=[1.0], done=1, finish_s=0, cap=200) == 200
+
+
+def test_class_weights_are_normalised_and_bounded():
+    labels = [0] * 600 + [1] * 10
+    for how in ("balanced", "effective"):
+        w = class_weights(labels, 2, how)
+        assert w[1] > w[0] and w.max() <= 10 and w.min() >= 0.1
+    w = class_weights([0] * 30 + [1] * 30, 2, "balanced")
+    np.testing.assert_allclose(w, [1, 1])
+    assert class_weights(labels, 2, "none") is None
+
+
+def test_sampling_weights_follow_class_sizes():
+    labels = [0] * 100 + [1] * 4
+    w = sample_weights(labels, 2, "balanced")
+    assert w[:100].sum() == pytest.approx(w[100:].sum())  # each class drawn equally often
+    s = sample_weights(labels, 2, "sqrt")
+    assert s[:100].sum() / s[100:].sum() == pytest.approx(5.0)  # sqrt(100 / 4)
+    assert sample_weights(labels, 2, "uniform") is None
+
+
+def _imbalanced(root: Path, n_major=100, n_minor=5) -> Path:
+    """lamellar (many) against porosity (few) to train on, 20 of each to test on."""
+    from microcli.synth import SynthSpec, write_dataset
+
+    src = root / "src"
+    list(write_dataset(src, SynthSpec(per_class=n_major + 20, size=48, seed=11,
+                                      classes=("lamellar", "porosity"))))
+    for c, n in (("lamellar", n_major), ("porosity", n_minor)):
+        files = sorted((src / c).glob("*.png"))
+        for split, part in (("train", files[:n]), ("test", files[-20:])):
+            (root / "data" / split / c).mkdir(parents=True, exist_ok=True)
+            for f in part:
+                shutil.copy(f, root / "data" / split / c / f.name)
+    return root / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", [{"sampler": "balanced"}, {"class_weights": "balanced", "sampler": "uniform"}])
+def test_a_20_to_1_set_learns_the_rare_class(tmp_path, option):
+    from microcli.evaluate import evaluate
+    from microcli.train import train_model
+
+    data = _imbalanced(tmp_path)
+    train_model(TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="lenet", epochs=15, img_size=48,
+                            workers=0, val_split=0.2, **option))
+    rep = evaluate(tmp_path / "run", data, split="test").report
+    rare = next(c for c in rep["per_class"] if c["class"] == "porosity")
+    assert rare["recall"] > 0.5, rep["per_class"]  # above chance on the rare class
+
+
+@pytest.mark.slow
+def test_best_pt_holds_the_averaged_weights_that_were_validated(tmp_path):
+    from microcli.evaluate import evaluate
+    from microcli.train import train_model
+
+    result = train_model(TrainConfig(data=str(SAMPLE), out=str(tmp_path / "run"), arch="lenet", epochs=3,
+                                     img_size=48, workers=0, fit="resize", patience=0))
+    last = load_bundle(tmp_path / "run" / "last.pt")
+    raw = last.training_state["model"]  # the trained weights, kept apart for resuming
+    assert any(not torch.equal(raw[k], v) for k, v in last.state_dict.items() if v.is_floating_point())
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    best_row = next(r for r in rows if int(r["epoch"]) == result.best_epoch)
+    again = evaluate(tmp_path / "run", split="val").report["overall"]["macro_f1"]
+    assert again == pytest.approx(float(best_row["val_macro_f1"]), abs=1e-4)  # the saved model is the one scored
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["train"]["ema"] is True
+
+
+@pytest.mark.slow
+def test_no_flags_on_sample_images_prints_and_records_the_recipe(tmp_path):
+    from typer.testing import CliRunner
+
+    from microcli.cli.app import app
+
+    r = CliRunner().invoke(app, ["train", str(SAMPLE), "-o", str(tmp_path / "run"), "--epochs", "1",
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    for line in ("arch: ResNet-18", "fit: resize", "preprocess: stretch", "sampler: uniform"):
+        assert line in r.stderr
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["train"]["arch"] == "resnet18" and cfg["train"]["preprocess"] == "stretch"
+    assert "median shorter side" in cfg["resolved"]["reasons"]["img_size"]
