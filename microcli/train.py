@@ -447,7 +447,7 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
     spec = previous.input if previous is not None else data.train.normalised_spec()
     model, net = build_network(cfg, len(classes), spec.channels, env, previous)
     bs, steps = batch_plan(cfg.batch_size, len(data.train), env.world)
-    planned = cfg.epochs or MAX_TIMED_EPOCHS  # under --time: re-planned after the first epoch
+    planned = cfg.epochs or MAX_TIMED_EPOCHS  # under --time: re-planned after each epoch (--epochs caps it)
     opt, sched, scaler, shape = build_optimizer(cfg, model, steps, env, planned)
     stopper = EarlyStopping(cfg.patience, min_epochs=planned // 2)
     state = TrainState(opt, sched, scaler, shape, stopper, planned, model,
@@ -563,7 +563,8 @@ def _replan(cfg: TrainConfig, loop: EpochLoop, state: TrainState, env: Runtime, 
     least)."""
     seconds = [r["seconds"] for r in state.rows]
     planned = plan_epochs(budget_s=60 * cfg.time, elapsed_s=time.perf_counter() - loop.started, epoch_s=seconds,
-                          done=state.epoch, finish_s=max(5.0, 0.25 * seconds[-1]), cap=MAX_TIMED_EPOCHS)
+                          done=state.epoch, finish_s=max(5.0, 0.25 * seconds[-1]),
+                          cap=cfg.epochs or MAX_TIMED_EPOCHS)
     if env.world > 1:
         t = torch.tensor([planned], dtype=torch.float64)
         dist.broadcast(t, 0)
@@ -581,8 +582,7 @@ def _validation_row(loop: EpochLoop, state: TrainState, env: Runtime) -> dict:
     validation)."""
     if loop.val_views is None:
         return {"val_loss": math.nan, "val_acc": math.nan, "val_macro_f1": math.nan}
-    model = state.weights if (state.ema is not None or env.world > 1) else loop.ctx.net
-    probs, loss = validate(model, loop.val_views, loop.y_val, loop.ctx.spec, env)
+    probs, loss = validate(state.weights, loop.val_views, loop.y_val, loop.ctx.spec, env)
     rep = confusion_report(loop.y_val, probs, loop.classes, intervals=False)
     return {"val_loss": loss, "val_acc": rep["overall"]["accuracy"], "val_macro_f1": rep["overall"]["macro_f1"]}
 
