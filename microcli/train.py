@@ -35,7 +35,7 @@ from .inference import (Predictor, average_views, eval_views, model_logits, norm
                         set_threads)
 from .inputs import InputSpec, detect_channels
 from .metrics import confusion_report
-from .models import create_model, get_model_info, load_pretrained
+from .models import create_model, load_pretrained
 from .parallel import auto_workers
 from .preprocess import Pipeline
 from .recipe import batch_plan, choose_recipe, class_weights, data_stats, plan_epochs, sample_weights
@@ -162,7 +162,8 @@ def resolve_splits(cfg: TrainConfig) -> tuple[list[str], dict[str, list[Item]], 
 
 
 def resolve_input(cfg: TrainConfig, train_items: list[Item], previous: Bundle | None) -> tuple[InputSpec, dict]:
-    """Channels and input size (from the options, the images, or the resumed run), with reasons."""
+    """The input spec: channels from the option or the images (with the reason), the size, fit and
+    pipeline of the concrete `cfg`; a resumed run keeps its own."""
     if previous is not None:
         return previous.input, {"input": "from the resumed run's last.pt"}
     reasons = {}
@@ -170,25 +171,7 @@ def resolve_input(cfg: TrainConfig, train_items: list[Item], previous: Bundle | 
     if channels is None:
         channels = detect_channels([it.path for it in train_items], max_pixels=cfg.max_pixels)
         reasons["channels"] = "every image is gray" if channels == 1 else "some images have colour"
-    size = cfg.img_size
-    if not size:
-        info = get_model_info(cfg.arch.value)
-        size = max(info.min_size, auto_img_size(train_items))
-        reasons["img_size"] = "the median shorter side of the training images, at most 224"
-    return InputSpec(channels, size, cfg.fit.value, tuple(Pipeline.parse(cfg.preprocess).to_list())), reasons
-
-
-def auto_img_size(items: list[Item], sample: int = 200) -> int:
-    """The median shorter side of (up to `sample` of) the images, clamped to 32..224 (128 if none reads)."""
-    from .io import image_shape
-
-    sides = []
-    for it in items[::max(1, len(items) // sample)]:
-        try:
-            sides.append(min(image_shape(it.path)))
-        except Exception:  # unreadable files are reported by the decoding pass
-            continue
-    return int(np.clip(np.median(sides), 32, 224)) if sides else 128
+    return InputSpec(channels, cfg.img_size, cfg.fit.value, tuple(Pipeline.parse(cfg.preprocess).to_list())), reasons
 
 
 def decode_splits(cfg: TrainConfig, classes: list[str], splits: dict[str, list[Item]], spec: InputSpec,
