@@ -20,7 +20,7 @@ import numpy as np
 from .checkpoint import load_bundle, versions
 from .config import TrainConfig
 from .data import Item, discover
-from .dataset import DecodedSet, choose_cache, decode_items
+from .dataset import DecodedSet, decode_items
 from .errors import OutputExistsError, UsageError
 from .inference import Predictor
 from .io import atomic_open
@@ -79,7 +79,8 @@ def cross_validate(cfg: TrainConfig, *, resume: bool = False, on_event: Callback
     cfg, reasons = resolve_recipe(cfg, items, env, on_event)
     spec, input_reasons = resolve_input(cfg, items, None)
     reasons = {**reasons, **input_reasons}
-    cache, _ = choose_cache(cfg.cache.value, len(items), spec)
+    cache = "ram"  # decoded once for all folds
+    reasons["cache"] = "ram: cross-validation decodes every image once and keeps it for all folds"
     on_event(Event("message", text=f"{cfg.folds}-fold cross-validation: {len(classes)} classes, {len(items)} images; "
                                    f"{spec.channels} channel(s); cache: {cache}"))
     decoded = decode_items(items, spec, keep=True, workers=auto_workers(cfg.workers), max_pixels=cfg.max_pixels,

@@ -140,6 +140,7 @@ class TrainData:
     held_out: dict[str, list[Item]] = field(default_factory=dict)  # e.g. a test split, recorded in split.csv
     source: str = ""
     cache: str = "ram"
+    cache_reason: str = ""
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -178,17 +179,19 @@ def decode_splits(cfg: TrainConfig, classes: list[str], splits: dict[str, list[I
                   source: str, on_event: Callback) -> TrainData:
     """Decode the training and validation images once (validation always in RAM)."""
     workers = auto_workers(cfg.workers)
-    cache, _ = choose_cache(cfg.cache.value, len(splits["train"]) + len(splits["val"]), spec)
-    on_event(Event("message", text=f"{len(classes)} classes, {len(splits['train'])} train / "
-                                   f"{len(splits['val'])} val images; {spec.channels} channel(s); cache: {cache}"))
+    cache, why = choose_cache(cfg.cache.value, len(splits["train"]) + len(splits["val"]), spec)
 
     def decode(items: list[Item], keep: bool) -> DecodedSet:
         return decode_items(items, spec, keep=keep, workers=workers, max_pixels=cfg.max_pixels, strict=cfg.strict,
                             on_progress=lambda d, t: on_event(Event("load", d, t)))
 
     held_out = {k: v for k, v in splits.items() if k not in ("train", "val")}
-    return TrainData(classes, decode(splits["train"], cache == "ram"), decode(splits["val"], True), held_out,
-                     source, cache)
+    data = TrainData(classes, decode(splits["train"], cache == "ram"), decode(splits["val"], True), held_out,
+                     source, cache, why)
+    unreadable = f"; {len(data.skipped)} unreadable image(s) skipped" if data.skipped else ""
+    on_event(Event("message", text=f"{len(classes)} classes, {len(data.train)} train / {len(data.val)} val images; "
+                                   f"{spec.channels} channel(s); cache: {cache}{unreadable}"))
+    return data
 
 
 # --- model, optimiser, loss ------------------------------------------------------------------------------
@@ -439,9 +442,11 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
         previous.state_dict if previous is not None else None, timed=cfg.epochs is None)
     summary = _data_summary(cfg, data, y_train)
     workers = auto_workers(cfg.workers)
-    resolved = Resolved(spec.channels, spec.img_size, str(env.device), str(env.amp_dtype or "fp32"), data.cache,
-                        workers, env.world, bs, steps, cfg.lr_or_default, spec.to_dict(),
-                        AugmentConfig().to_dict() if cfg.augment else None, reasons or {})
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(env.amp_dtype, "fp32")
+    reasons = {**(reasons or {}), **({"cache": data.cache_reason} if data.cache_reason else {})}
+    resolved = Resolved(spec.channels, spec.img_size, str(env.device), precision, data.cache, workers, env.world,
+                        bs, steps, cfg.lr_or_default, spec.to_dict(), AugmentConfig().to_dict() if cfg.augment else None,
+                        reasons)
     run.write_start(splits={"train": data.train.items, "val": data.val.items, **data.held_out},
                     skipped=data.skipped, config={"train": cfg.to_dict(), "resolved": resolved.to_dict(),
                                                   "versions": versions()})
