@@ -8,7 +8,7 @@ import typer
 
 from ..options import Device, Precision, ReportFormat, Split
 from .common import (EXIT_CODES, DeviceOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, WorkersOpt, err,
-                     errors_to_exit, out, progress)
+                     errors_to_exit, failed, out, progress, say)
 
 def evaluate(
     model: ModelArg,
@@ -64,10 +64,10 @@ def evaluate(
                                   on_progress=lambda d, t: bar.update(task, completed=d, total=t))
         report = result.report
         for label, n in sorted(result.unknown.items()):
-            err.print(f"[yellow]excluded:[/] {n} image(s) labelled {label!r}, a class this model does not know "
-                      f"(its classes: {', '.join(result.classes)})", markup=True)
+            say("[yellow]excluded:[/]", f"{n} image(s) labelled {label!r}, a class this model does not know "
+                                        f"(its classes: {', '.join(result.classes)})")
         for _, why in result.failures:
-            err.print(f"[red]failed:[/] {why}", markup=True)
+            failed(why)
         files = {"json": json_file, "per_class": csv_file, "confusion_csv": confusion_csv,
                  "misclassified": misclassified, "plot": plot}
         for kind, path in files.items():

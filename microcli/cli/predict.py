@@ -10,6 +10,7 @@ import typer
 from ..options import Aggregate, Device, OnError, Precision, RowFormat
 from .common import (EXIT_CODES, DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
                      ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream)
+from .common import failed as report_failure
 
 
 def predict(
@@ -87,7 +88,7 @@ def predict(
                                           min_confidence=min_confidence))
                 if pred.error:
                     failed += 1
-                    err.print(f"[red]failed:[/] {pred.error}", markup=True)
+                    report_failure(pred.error)
                     if on_error == OnError.fail:
                         sink.commit()
                         abort(f"stopping at the first failure (--on-error fail); {done} rows written", 1)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .common import (EXIT_CODES, ForceOpt, MaxPixelsOpt, NullOpt, QuietOpt, WorkersOpt, abort, err, errors_to_exit,
-                     out, progress, stdin_stream)
+                     failed, out, progress, stdin_stream, warn)
 
 
 def list_ops() -> None:
@@ -93,9 +93,9 @@ def preprocess(
             for result, summary in summarize(run_batch(plan, pipeline, workers=n, max_pixels=max_pixels,
                                                        force=force)):
                 for w in result.warnings:
-                    err.print(f"[yellow]warning:[/] {w}", markup=True)
+                    warn(w)
                 if not result.ok:
-                    err.print(f"[red]failed:[/] {result.error}", markup=True)
+                    failed(result.error)
                 bar.advance(task)
     err.print(f"{summary.done} written, {summary.failed} failed, {summary.seconds:.1f} s, "
               f"{summary.files_per_s:.1f} files/s -> {out_dir}")
