@@ -9,7 +9,9 @@ colour, then (H, W, 3).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -66,15 +68,42 @@ def max_pixels_default() -> int:
     return int(os.environ.get("MICROCLI_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_regular_file(path: str | Path) -> None:
+    """Raise NotAnImageError unless `path` is a regular file (after symlinks), without opening it.
+
+    Opening a FIFO would wait for a writer forever, and a symlink loop fails with ELOOP: both are named
+    here so that a folder holding one is still processed.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise NotAnImageError(path, "broken symlink") from None
+        raise NotAnImageError(path, "no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotAnImageError(path, "symlink loop") from None
+        raise NotAnImageError(path, f"cannot be opened: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise NotAnImageError(path, "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        raise NotAnImageError(path, f"{kind}; only regular files are read")
+
+
 def sniff_format(path: str | Path) -> str:
-    """Return 'png', 'jpeg', 'bmp' or 'tiff' from the file's magic bytes, or raise a typed error."""
+    """Return 'png', 'jpeg', 'bmp' or 'tiff' from the file's magic bytes, or raise a typed error.
+    Only regular files are opened (`check_regular_file`)."""
+    check_regular_file(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
-    except IsADirectoryError:
-        raise NotAnImageError(path, "is a directory") from None
-    except FileNotFoundError:
-        raise NotAnImageError(path, "no such file") from None
+    except OSError as exc:
+        raise NotAnImageError(path, f"cannot be opened: {exc.strerror or exc}") from None
     if not head:
         raise EmptyFileError(path)
     for magic, fmt in _MAGIC.items():
@@ -323,7 +352,11 @@ def _is_image_name(name: str) -> bool:
 
 
 def walk_images(root: str | Path, *, recursive: bool = True, exclude: Iterable[Path] = ()) -> Iterator[FoundImage]:
-    """Images under `root`, sorted, hidden files and folders skipped, symlinked folders followed once."""
+    """Images under `root`, sorted, hidden files and folders skipped, symlinked folders followed once.
+
+    Every entry with an image extension that is not a folder is returned, even a symlink loop, a broken
+    symlink or a FIFO: reading it then fails with a message that names it (`check_regular_file`), and the
+    rest of the folder is still processed."""
     root = str(root)
     excluded = {Path(p).resolve() for p in exclude}
     seen: set[str] = set()
@@ -341,7 +374,11 @@ def walk_images(root: str | Path, *, recursive: bool = True, exclude: Iterable[P
             if entry.name.startswith("."):
                 continue
             sub_rel = f"{rel}/{entry.name}" if rel else entry.name
-            if entry.is_dir(follow_symlinks=True):
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:  # a symlink loop (ELOOP): not a folder; named when it is read
+                is_dir = False
+            if is_dir:
                 if recursive:
                     yield from visit(entry.path, sub_rel)
             elif _is_image_name(entry.name):
