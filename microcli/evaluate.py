@@ -11,6 +11,7 @@ from .checkpoint import load_bundle, resolve_model_path
 from .data import Item, discover, read_split_csv
 from .errors import DataError, UsageError
 from .inference import Predictor
+from .io import resolve_max_pixels
 from .metrics import confusion_report
 from .predict import predict_stream
 
@@ -58,9 +59,11 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = 
     Raises
     ------
     CheckpointError : `model` is not a readable bundle.
-    UsageError : the split does not exist, or no DATA and no split.csv beside the model.
+    UsageError : the split does not exist, no DATA and no split.csv beside the model, or a bad pixel
+        limit (`max_pixels` or MICROCLI_MAX_PIXELS).
     DataError : nothing usable in the data.
     """
+    max_pixels = resolve_max_pixels(max_pixels)
     path = resolve_model_path(model)
     splits = _splits_of(path, model, data)
     chosen = _auto_split(splits, data) if split == "auto" else split

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError, describe
+from .errors import ImageReadError, UsageError, describe
 from .io import has_colour, read_image
 from .parallel import bounded_map
 from .preprocess import Pipeline
@@ -93,9 +93,13 @@ def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) 
 
 
 def prepare_or_error(args) -> np.ndarray | str:
+    """prepare_array, or the message naming the file when it fails. A UsageError (a bad setting such as
+    MICROCLI_MAX_PIXELS) concerns every file, so it is raised, not reported once per file."""
     path, spec, max_pixels = args
     try:
         return prepare_array(path, spec, max_pixels=max_pixels)
+    except UsageError:
+        raise
     except Exception as exc:
         return describe(path, exc)
 

@@ -28,6 +28,7 @@ from .errors import (
     OutputExistsError,
     TruncatedImageError,
     UnsupportedImageError,
+    UsageError,
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -65,7 +66,32 @@ class Micrograph:
 
 
 def max_pixels_default() -> int:
-    return int(os.environ.get("MICROCLI_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    """The pixel limit from ``MICROCLI_MAX_PIXELS`` (default 200 Mpx; 0: no limit).
+
+    Raises
+    ------
+    UsageError : the variable is not a whole number >= 0. Commands call this once before any file is
+        read, so a bad value is one message, not one failure per file.
+    """
+    raw = os.environ.get("MICROCLI_MAX_PIXELS")
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"MICROCLI_MAX_PIXELS must be a whole number >= 0 (0: no limit), got {raw!r}")
+    return value
+
+
+def resolve_max_pixels(max_pixels: int | None) -> int:
+    """`max_pixels`, or the default when None; UsageError for a negative value or a bad environment variable."""
+    if max_pixels is None:
+        return max_pixels_default()
+    if max_pixels < 0:
+        raise UsageError(f"--max-pixels must be at least 0 (0: no limit), got {max_pixels}")
+    return max_pixels
 
 
 _FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
@@ -115,7 +141,7 @@ def sniff_format(path: str | Path) -> str:
 
 
 def check_pixels(path: str | Path, height: int, width: int, max_pixels: int | None) -> None:
-    limit = max_pixels_default() if max_pixels is None else max_pixels
+    limit = resolve_max_pixels(max_pixels)
     if limit and height * width > limit:
         raise ImageTooLargeError(path, f"{width}x{height} = {width * height:,} pixels > limit {limit:,}")
 

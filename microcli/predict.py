@@ -88,6 +88,8 @@ def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray]] | st
         coords = [(x, y) for y in ys for x in xs]
         tiles = [to_chw(fit_array(arr[y:y + tile.size, x:x + tile.size], spec.img_size, spec.fit)) for x, y in coords]
         return coords, tiles
+    except UsageError:  # a bad setting, not a bad file (see prepare_or_error)
+        raise
     except Exception as exc:
         return describe(path, exc)
 

@@ -118,3 +118,32 @@ def test_fifo_in_a_folder_does_not_hang_preprocess(with_fifo, tmp_path):
     assert r.returncode == 3, r.stderr
     assert "p.png: not an image file (a named pipe (FIFO)" in r.stderr
     assert len(list((tmp_path / "out").glob("*.png"))) == 3 and not (tmp_path / "out" / "p.png").exists()
+
+
+# --- 13. bad pixel limits: one message, exit 2, before any file is read ----------------------------------
+
+@pytest.mark.parametrize("command", ["predict", "preprocess", "evaluate"])
+def test_bad_max_pixels_environment_variable_is_one_usage_error(trained_run, tmp_path, command):
+    folder = folder_of_good_images(tmp_path / "in")
+    args = {"predict": ["predict", trained_run, folder],
+            "preprocess": ["preprocess", folder, "-o", tmp_path / "out", "--op", "gaussian"],
+            "evaluate": ["evaluate", trained_run, SAMPLE]}[command]
+    r = cli(*args, env={"MICROCLI_MAX_PIXELS": "abc"})
+    assert r.exit_code == 2
+    assert r.stderr.count("MICROCLI_MAX_PIXELS must be a whole number >= 0 (0: no limit), got 'abc'") == 1
+    assert "failed" not in r.stderr and r.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_bad_max_pixels_environment_variable_in_train(tmp_path):
+    r = cli("train", SAMPLE, "-o", tmp_path / "run", "--epochs", "1", "--workers", "0",
+            env={"MICROCLI_MAX_PIXELS": "-5"})
+    assert r.exit_code == 2 and r.stderr.count("MICROCLI_MAX_PIXELS must be a whole number") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_negative_max_pixels_option_is_a_usage_error(trained_run, tmp_path):
+    for args in (["predict", trained_run, GOOD[0]], ["preprocess", GOOD[0], "-o", tmp_path / "o", "--op", "gaussian"],
+                 ["train", SAMPLE, "-o", tmp_path / "run"]):
+        r = cli(*args, "--max-pixels", "-5")
+        assert r.exit_code == 2 and "--max-pixels" in r.stderr, args
+    assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists()

@@ -63,13 +63,14 @@ def predict(
     """
     from ..checkpoint import load_bundle
     from ..inference import Predictor, set_threads
-    from ..io import atomic_open
+    from ..io import atomic_open, resolve_max_pixels
     from ..parallel import auto_workers
     from ..predict import TileSpec, expand_inputs, parse_shard, predict_stream, prediction_row, row_columns, shard_of
     from ..rows import RowSink, tile_rows
 
     failed = done = 0
     with errors_to_exit(), quiet_broken_pipe():
+        max_pixels = resolve_max_pixels(max_pixels)  # a bad MICROCLI_MAX_PIXELS: one message, exit 2
         k_n = parse_shard(shard)
         set_threads(threads)
         predictor = Predictor(load_bundle(model), device=device.value, precision=precision.value)

@@ -59,7 +59,7 @@ def preprocess(
 
       find . -name '*.tif' -print0 | microcli preprocess - -0 -o out --op denoise:method=nlm
     """
-    from ..io import find_images
+    from ..io import find_images, resolve_max_pixels
     from ..parallel import auto_workers
     from ..preprocess import Pipeline
     from ..preprocess.batch import plan_jobs, run_batch, summarize
@@ -72,6 +72,7 @@ def preprocess(
     if out_dir is None:
         abort("missing --out/-o OUTPUT_FOLDER", 2)
     with errors_to_exit():
+        max_pixels = resolve_max_pixels(max_pixels)  # a bad MICROCLI_MAX_PIXELS: one message, exit 2
         if pipeline_file is not None:
             if op:
                 abort("give either --op or --pipeline, not both", 2)

@@ -84,6 +84,8 @@ def process_one(job: Job, pipeline: Pipeline, max_pixels: int | None, force: boo
             out = pipeline.apply(img.data)
             write_image(job.target, out, bit_depth=16 if img.bit_depth >= 16 else 8, overwrite=force)
             error = None
+        except UsageError:  # a bad setting (MICROCLI_MAX_PIXELS), not a bad file: stop the batch
+            raise
         except Exception as exc:  # one bad image never kills the batch; the message still names it
             error = describe(job.source, exc)
     return FileResult(job.source, job.target, error, tuple(str(w.message) for w in caught))
