@@ -44,30 +44,50 @@ class InputSpec:
         return Pipeline.from_list(list(self.pipeline))
 
 
-def _resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize with antialiasing (Pillow 'F' images), channel by channel."""
-    if arr.shape[:2] == (height, width):
+# --fit crop enlarges an image whose shorter side is below the input size; a strip thinner than that
+# keeps at most this many input sides of its length (the centre), so 2 x 1,000,000 px stays small.
+CROP_MAX_ASPECT = 16
+
+
+def _resize(arr: np.ndarray, height: int, width: int, box: tuple[float, float, float, float] | None = None
+            ) -> np.ndarray:
+    """Bilinear resize with antialiasing (Pillow 'F' images), channel by channel. `box` (left, top, right,
+    bottom, in source pixels, fractions allowed) resamples only that window; pixels around it still feed
+    the filter, so the result equals resizing the whole image and cutting the window out."""
+    if arr.shape[:2] == (height, width) and box in (None, (0, 0, arr.shape[1], arr.shape[0])):
         return arr
     if arr.ndim == 3:
-        return np.stack([_resize(arr[..., c], height, width) for c in range(arr.shape[2])], -1)
+        return np.stack([_resize(arr[..., c], height, width, box) for c in range(arr.shape[2])], -1)
     img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
+    return np.asarray(img.resize((width, height), Image.BILINEAR, box=box), dtype=np.float32)
+
+
+def _resized_window(arr: np.ndarray, nh: int, nw: int, oh: int, ow: int) -> np.ndarray:
+    """The centre (oh, ow) window of `arr` resized to (nh, nw), without making the whole resized image
+    (a 3 x 60,000 strip scaled to a 128 px short side would be 1.3 GB before the crop)."""
+    h, w = arr.shape[:2]
+    top, left = (nh - oh) // 2, (nw - ow) // 2
+    if (nh, nw) == (h, w):  # native scale: a plain cut
+        return arr[top:top + oh, left:left + ow]
+    box = (left * w / nw, top * h / nh, (left + ow) * w / nw, (top + oh) * h / nh)
+    return _resize(arr, oh, ow, box)
 
 
 def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
     """resize: shorter side to `size`, centre crop to size x size. crop: keep the native pixel scale
-    (only images whose shorter side is below `size` are enlarged to it)."""
+    (only images whose shorter side is below `size` are enlarged to it, keeping at most
+    `CROP_MAX_ASPECT` sides of their length). Only the pixels kept are ever resampled, so memory stays
+    bounded by the input and the output, whatever the aspect ratio."""
     h, w = arr.shape[:2]
     short = min(h, w)
-    if fit == "resize" or short < size:
-        scale = size / short
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        arr = _resize(arr, nh, nw)
+    if fit != "resize" and short >= size:
+        return arr
+    scale = size / short
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     if fit == "resize":
-        h, w = arr.shape[:2]
-        top, left = (h - size) // 2, (w - size) // 2
-        arr = arr[top:top + size, left:left + size]
-    return arr
+        return _resized_window(arr, nh, nw, size, size)
+    limit = size * CROP_MAX_ASPECT
+    return _resized_window(arr, nh, nw, min(nh, limit), min(nw, limit))
 
 
 def load_for_model(path: str, spec: InputSpec, *, max_pixels: int | None = None,

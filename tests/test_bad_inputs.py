@@ -147,3 +147,59 @@ def test_negative_max_pixels_option_is_a_usage_error(trained_run, tmp_path):
         r = cli(*args, "--max-pixels", "-5")
         assert r.exit_code == 2 and "--max-pixels" in r.stderr, args
     assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists()
+
+
+# --- 3. thin strips: only the pixels kept are resampled ------------------------------------------------
+
+CAPPED_PREPARE = """
+import resource, sys
+from microcli.inputs import InputSpec, prepare_array
+vm = int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (300 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+for path in sys.argv[1:]:
+    for fit in ("resize", "crop"):
+        print(path.rsplit("/", 1)[-1], fit, prepare_array(path, InputSpec(1, 128, fit)).shape)
+"""
+
+
+def test_thin_strips_fit_in_300_mb_more_than_the_interpreter(tmp_path):
+    """A 2 x 1,000,000 strip scaled whole to a 128 px short side would be 32 GB, 3 x 60,000 1.3 GB:
+    under an address-space cap of 300 MB above the running interpreter both fail unless only the kept
+    window is resampled."""
+    rng = np.random.default_rng(0)
+    strips = {"wide2.png": (2, 1_000_000), "wide3.png": (3, 60_000), "tall3.png": (60_000, 3)}
+    for name, shape in strips.items():
+        save_png(tmp_path / name, rng.integers(0, 256, shape, dtype=np.uint8))
+    r = subprocess.run([sys.executable, "-c", CAPPED_PREPARE, *(str(tmp_path / n) for n in strips)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[:-1] == [
+        "wide2.png resize (1, 128, 128)", "wide2.png crop (1, 128, 2048)",  # crop: 16 input sides at most
+        "wide3.png resize (1, 128, 128)", "wide3.png crop (1, 128, 2048)",
+        "tall3.png resize (1, 128, 128)", "tall3.png crop (1, 2048, 128)"]
+
+
+def test_thin_strip_through_predict(trained_run, tmp_path):
+    strip = save_png(tmp_path / "strip.png", np.random.default_rng(1).integers(0, 256, (3, 60_000), dtype=np.uint8))
+    r = cli("predict", trained_run, strip, "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert [row["path"] for row in rows_of(r.stdout)] == [str(strip)]
+
+
+def test_fit_array_crops_before_scaling_gives_the_same_pixels():
+    """Resampling only the kept window equals scaling the whole image and cropping (bilinear, antialiased)."""
+    from PIL import Image
+
+    from microcli.inputs import fit_array
+
+    rng = np.random.default_rng(0)
+    for shape, size in [((64, 100), 32), ((37, 211), 96), ((480, 640), 224), ((33, 70, 3), 64), ((95, 97), 128)]:
+        a = rng.random(shape, dtype=np.float32)
+        h, w = shape[:2]
+        nh, nw = max(size, round(h * size / min(h, w))), max(size, round(w * size / min(h, w)))
+        planes = a[..., None] if a.ndim == 2 else a
+        whole = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(planes[..., c]), mode="F").resize(
+            (nw, nh), Image.BILINEAR)) for c in range(planes.shape[2])], -1)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        expected = whole[top:top + size, left:left + size].reshape((size, size) + shape[2:])
+        np.testing.assert_allclose(fit_array(a, size, "resize"), expected, atol=1e-5)
