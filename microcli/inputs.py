@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError, UsageError, describe
+from .errors import ImageReadError, MicrocliError, UsageError, describe
 from .io import has_colour, read_image
 from .parallel import bounded_map
 from .preprocess import Pipeline
@@ -37,8 +37,41 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
-        return cls(int(d["channels"]), int(d["img_size"]), str(d["fit"]), tuple(d.get("pipeline", ())),
-                   tuple(d.get("mean", ())), tuple(d.get("std", ())))
+        """From `to_dict`'s form, checking every field (a bundle's file may be damaged or hand-edited).
+
+        Raises
+        ------
+        ValueError : naming the first field that is missing or malformed.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a dict, got {type(d).__name__}")
+        missing = [k for k in ("channels", "img_size", "fit", "mean", "std") if k not in d]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        channels, size, fit = d["channels"], d["img_size"], d["fit"]
+        if channels not in (1, 3) or isinstance(channels, bool):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"img_size must be a positive integer, got {size!r}")
+        if fit not in ("resize", "crop"):
+            raise ValueError(f"fit must be 'resize' or 'crop', got {fit!r}")
+        stats = {}
+        for key in ("mean", "std"):
+            v = d[key]
+            if (not isinstance(v, (list, tuple)) or len(v) != channels
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)):
+                raise ValueError(f"{key} must be {channels} finite number(s), got {v!r}")
+            stats[key] = tuple(float(x) for x in v)
+        if any(x <= 0 for x in stats["std"]):
+            raise ValueError(f"std must be positive, got {d['std']!r}")
+        pipeline = d.get("pipeline", [])
+        if not isinstance(pipeline, (list, tuple)):
+            raise ValueError(f"pipeline must be a list, got {type(pipeline).__name__}")
+        try:
+            Pipeline.from_list(list(pipeline))
+        except MicrocliError as exc:
+            raise ValueError(f"pipeline: {exc}") from None
+        return cls(channels, size, fit, tuple(pipeline), stats["mean"], stats["std"])
 
     def get_pipeline(self) -> Pipeline:
         return Pipeline.from_list(list(self.pipeline))

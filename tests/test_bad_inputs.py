@@ -203,3 +203,41 @@ def test_fit_array_crops_before_scaling_gives_the_same_pixels():
         top, left = (nh - size) // 2, (nw - size) // 2
         expected = whole[top:top + size, left:left + size].reshape((size, size) + shape[2:])
         np.testing.assert_allclose(fit_array(a, size, "resize"), expected, atol=1e-5)
+
+
+# --- 7. corrupt bundle metadata: one line naming the field, exit 1 ------------------------------------------
+
+def _edit(d: dict, key: str, value) -> None:
+    if "." in key:
+        outer, inner = key.split(".")
+        d[outer] = {**d[outer], inner: value}
+    else:
+        d[key] = value
+
+
+@pytest.mark.parametrize("key,value,field", [
+    ("input", {}, "input"),
+    ("input.channels", "1", "input"),
+    ("input.img_size", [96], "input"),
+    ("input.mean", [], "input"),
+    ("input.fit", "stretch", "input"),
+    ("input.pipeline", [{"op": "nope"}], "input"),
+    ("arch", ["lenet"], "arch"),
+    ("classes", "abc", "classes"),
+    ("classes", ["a", "a", "b", "c", "d", "e"], "classes"),
+    ("format_version", "one", "format_version"),
+    ("state_dict", [1, 2], "state_dict"),
+    ("metrics", [], "metrics"),
+    ("training_state", "x", "training_state"),
+])
+def test_corrupt_bundle_fields_are_named(trained_run, tmp_path, key, value, field):
+    import torch
+
+    raw = torch.load(trained_run / "best.pt", weights_only=True)
+    _edit(raw, key, value)
+    torch.save(raw, tmp_path / "b.pt")
+    for args in (["predict", tmp_path / "b.pt", GOOD[0]], ["info", tmp_path / "b.pt"],
+                 ["evaluate", tmp_path / "b.pt", SAMPLE]):
+        r = cli(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert f"b.pt: bundle field '{field}' is malformed" in r.stderr and r.stdout == "", args
