@@ -241,3 +241,26 @@ def test_corrupt_bundle_fields_are_named(trained_run, tmp_path, key, value, fiel
         r = cli(*args)
         assert r.exit_code == 1, (args, r.output)
         assert f"b.pt: bundle field '{field}' is malformed" in r.stderr and r.stdout == "", args
+
+
+# --- 14. nothing done is an error (1), not a partial success (3) ------------------------------------------
+
+def test_predict_exits_1_when_every_input_fails(trained_run, tmp_path):
+    (tmp_path / "notes.png").write_text("meeting notes")
+    r = cli("predict", trained_run, tmp_path / "notes.png", "--workers", "0")
+    assert r.exit_code == 1
+    assert "notes.png: not an image file" in r.stderr and "all 1 input(s) failed; nothing was predicted" in r.stderr
+    assert rows_of(r.stdout) == []
+    (tmp_path / "notes.png").write_bytes(Path(GOOD[0]).read_bytes())  # one good input: a partial success again
+    (tmp_path / "more.png").write_text("more notes")
+    r = cli("predict", trained_run, tmp_path / "notes.png", tmp_path / "more.png", "--workers", "0")
+    assert r.exit_code == 3 and "1 of 2 input(s) failed" in r.stderr
+
+
+def test_preprocess_exits_1_when_every_input_fails(tmp_path):
+    src = folder_of_good_images(tmp_path / "in")  # 96 x 96 images
+    r = cli("preprocess", src, "-o", tmp_path / "out", "--op", "crop:top=50,bottom=50", "--workers", "0")
+    assert r.exit_code == 1
+    assert r.stderr.count("leaves nothing of a 96x96 image") == 3
+    assert "all 3 input(s) failed; nothing was written" in r.stderr
+    assert not list((tmp_path / "out").glob("*.png"))

@@ -49,7 +49,7 @@ def predict(
 
     Columns: path, class, confidence [, uncertain] [, top2_class, top2_confidence, ...] [, p_<class>...].
     An unreadable file gives a row with an "error" field (jsonl) or a line on stderr (csv/tsv); the other
-    files are still predicted and the exit code is 3.
+    files are still predicted and the exit code is 3 (1 when every input failed).
 
     Examples:
 
@@ -97,6 +97,8 @@ def predict(
                     done += 1
                     if tile_w and pred.tiles:
                         tile_w.writerows(tile_rows(pred.path, pred.tiles, classes))
+    if failed and done == 0:
+        abort(f"all {failed} input(s) failed; nothing was predicted", 1)
     if failed:
         err.print(f"{failed} of {failed + done} input(s) failed")
         raise typer.Exit(3)

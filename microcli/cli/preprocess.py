@@ -100,6 +100,8 @@ def preprocess(
                 bar.advance(task)
     err.print(f"{summary.done} written, {summary.failed} failed, {summary.seconds:.1f} s, "
               f"{summary.files_per_s:.1f} files/s -> {out_dir}")
+    if summary.failed and not summary.done:
+        abort(f"all {summary.failed} input(s) failed; nothing was written", 1)
     if summary.failed:
         raise typer.Exit(3)
 
