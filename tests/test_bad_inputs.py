@@ -264,3 +264,32 @@ def test_preprocess_exits_1_when_every_input_fails(tmp_path):
     assert r.stderr.count("leaves nothing of a 96x96 image") == 3
     assert "all 3 input(s) failed; nothing was written" in r.stderr
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+# --- 9. preprocess never silently replaces OUT/pipeline.json -------------------------------------------------
+
+def test_preprocess_refuses_another_pipeline_json_without_force(tmp_path):
+    first, second = folder_of_good_images(tmp_path / "a", 1), tmp_path / "b"
+    second.mkdir()
+    shutil.copy(GOOD[1], second)
+    out = tmp_path / "out"
+    assert cli("preprocess", first, "-o", out, "--op", "gaussian", "--workers", "0").exit_code == 0
+    before = (out / "pipeline.json").read_text()
+    r = cli("preprocess", second, "-o", out, "--op", "median", "--workers", "0")
+    assert r.exit_code == 1
+    assert "pipeline.json: exists and describes the pipeline 'gaussian', not 'median'" in r.stderr
+    assert "--force" in r.stderr
+    assert (out / "pipeline.json").read_text() == before and not (out / Path(GOOD[1]).name).exists()
+    # the same steps again: more files made the same way, pipeline.json stays true
+    r = cli("preprocess", second, "-o", out, "--op", "gaussian:sigma=1", "--workers", "0")
+    assert r.exit_code == 0 and (out / "pipeline.json").read_text() == before
+    assert (out / Path(GOOD[1]).name).exists()
+    r = cli("preprocess", second, "-o", out, "--op", "median", "--force", "--workers", "0")
+    assert r.exit_code == 0 and json.loads((out / "pipeline.json").read_text()) == [
+        {"op": "median", "params": {"radius": 1}}]
+
+
+def test_preprocess_leaves_no_pipeline_json_when_nothing_was_written(tmp_path):
+    src = folder_of_good_images(tmp_path / "in", 1)
+    r = cli("preprocess", src, "-o", tmp_path / "out", "--op", "crop:left=200", "--workers", "0")
+    assert r.exit_code == 1 and not (tmp_path / "out").exists()

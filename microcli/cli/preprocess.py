@@ -49,7 +49,8 @@ def preprocess(
 
     Outputs mirror the input tree under OUT; TIFF stays TIFF, everything else becomes PNG; 16-bit in gives
     16-bit out, binary results (canny, threshold) are 8-bit 0/255. The resolved pipeline is saved as
-    OUT/pipeline.json, which `--pipeline` and `microcli train --preprocess` accept.
+    OUT/pipeline.json, which `--pipeline` and `microcli train --preprocess` accept; an OUT whose
+    pipeline.json holds other steps is refused without --force.
 
     Examples:
 
@@ -62,7 +63,7 @@ def preprocess(
     from ..io import find_images, resolve_max_pixels
     from ..parallel import auto_workers
     from ..preprocess import Pipeline
-    from ..preprocess.batch import plan_jobs, run_batch, summarize
+    from ..preprocess.batch import PIPELINE_FILE, plan_jobs, run_batch, summarize, write_pipeline_file
 
     if list_:
         list_ops()
@@ -85,8 +86,8 @@ def preprocess(
         if not found:
             abort("no images found in " + ", ".join(inputs), 1)
         plan = plan_jobs(found, out_dir, force=force)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "pipeline.json").write_text(pipeline.to_json() + "\n")
+        new_dir = not out_dir.exists()
+        new_file = write_pipeline_file(out_dir, pipeline, force=force)
         summary = None
         with progress(quiet) as bar:
             task = bar.add_task("preprocess", total=len(plan))
@@ -101,6 +102,10 @@ def preprocess(
     err.print(f"{summary.done} written, {summary.failed} failed, {summary.seconds:.1f} s, "
               f"{summary.files_per_s:.1f} files/s -> {out_dir}")
     if summary.failed and not summary.done:
+        if new_file:  # leave OUT as it was: nothing was made by this pipeline
+            (out_dir / PIPELINE_FILE).unlink(missing_ok=True)
+            if new_dir and not any(out_dir.iterdir()):
+                out_dir.rmdir()
         abort(f"all {summary.failed} input(s) failed; nothing was written", 1)
     if summary.failed:
         raise typer.Exit(3)

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OutputExistsError, UsageError, describe
-from ..io import TIFF_EXTENSIONS, FoundImage, read_image, write_image
+from ..errors import MicrocliError, OutputExistsError, UsageError, describe
+from ..io import TIFF_EXTENSIONS, FoundImage, atomic_open, read_image, write_image
 from ..parallel import bounded_map
 from .pipeline import Pipeline
 
@@ -74,6 +74,39 @@ def plan_jobs(found: Iterable[FoundImage], out_dir: str | Path, *, force: bool =
             more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
             raise OutputExistsError(f"{existing[0]}{more} already exist; use --force to overwrite")
     return jobs
+
+
+PIPELINE_FILE = "pipeline.json"
+
+
+def write_pipeline_file(out_dir: str | Path, pipeline: Pipeline, *, force: bool = False) -> bool:
+    """Write OUT/pipeline.json, the steps that made the files in OUT, before any of them is written.
+
+    An existing pipeline.json with the same steps is kept (adding files made the same way to OUT keeps it
+    true); one with other steps is replaced only with `force`, since it describes the files already there.
+    Returns True when this call created the file.
+
+    Raises
+    ------
+    OutputExistsError : OUT/pipeline.json describes another pipeline and `force` is not set.
+    """
+    path = Path(out_dir) / PIPELINE_FILE
+    existed = path.exists()
+    if existed:
+        try:
+            old = Pipeline.from_json(path.read_text(encoding="utf-8"))
+        except (MicrocliError, OSError, UnicodeDecodeError):
+            old = None
+        if old == pipeline:
+            return False
+        if not force:
+            what = f"the pipeline '{old}'" if old is not None else "something this microcli cannot read"
+            raise OutputExistsError(f"{path}: exists and describes {what}, not '{pipeline}' (the files already in "
+                                    f"{out_dir} were made by it); use --force to replace it, or another --out folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as fh:
+        fh.write(pipeline.to_json() + "\n")
+    return not existed
 
 
 def process_one(job: Job, pipeline: Pipeline, max_pixels: int | None, force: bool) -> FileResult:
