@@ -87,8 +87,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = 
 
 def _splits_of(path: Path, model: str | Path, data: str | Path | None) -> dict[str, list[Item]]:
     """DATA's parts ('all' when not split), or the run's split.csv next to the bundle."""
-    if data is not None:
-        return discover(data).splits
+    if data is not None:  # one class is enough: a model is often checked on a new batch of one class
+        return discover(data, min_classes=1).splits
     csv_path = path.parent / "split.csv"
     if not csv_path.is_file():
         raise UsageError(f"no DATA given and no split.csv next to {model}; give a data folder or manifest")

@@ -293,3 +293,73 @@ def test_preprocess_leaves_no_pipeline_json_when_nothing_was_written(tmp_path):
     src = folder_of_good_images(tmp_path / "in", 1)
     r = cli("preprocess", src, "-o", tmp_path / "out", "--op", "crop:left=200", "--workers", "0")
     assert r.exit_code == 1 and not (tmp_path / "out").exists()
+
+
+# --- 11. manifests: not UTF-8, duplicates, conflicting labels ----------------------------------------------------
+
+def write_manifest(path: Path, rows: list[tuple[str, str]], encoding="utf-8") -> Path:
+    path.write_bytes(("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows)).encode(encoding))
+    return path
+
+
+def test_cp1252_manifest_is_one_clear_error(trained_run, tmp_path):
+    m = write_manifest(tmp_path / "m.csv", [(GOOD[0], "ferrit\xe9"), (GOOD[1], "perlit")], encoding="cp1252")
+    for args in (["evaluate", trained_run, m], ["train", m, "-o", tmp_path / "run"]):
+        r = cli(*args)
+        assert r.exit_code == 1, r.output
+        assert ("m.csv: not UTF-8 text (byte 0xe9 on line 2; Excel's plain 'CSV' is Windows-1252); save it as "
+                "'CSV UTF-8' or convert it: iconv -f cp1252 -t utf-8 m.csv > utf8-m.csv") in r.stderr
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_manifest_in_utf8_with_bom_reads_accents(trained_run, tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_bytes(b"\xef\xbb\xbf" + f"path,label\n{GOOD[0]},ferrit\xe9\n{GOOD[1]},lamellar\n".encode())
+    r = cli("evaluate", trained_run, m, "--format", "json", "--workers", "0")
+    assert r.exit_code == 3 and "1 image(s) labelled 'ferrit\xe9'" in r.stderr
+
+
+def test_manifest_duplicate_path_is_used_once_with_a_warning(trained_run, tmp_path):
+    m = write_manifest(tmp_path / "m.csv", [(GOOD[0], "lamellar"), (GOOD[1], "lamellar"), (GOOD[0], "lamellar")])
+    r = cli("evaluate", trained_run, m, "--format", "json", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: {m}: {GOOD[0]} is listed twice (lines 2 and 4); each image is used once" in r.stderr
+    assert json.loads(r.stdout)["overall"]["images"] == 2
+
+
+def test_manifest_path_under_two_labels_is_refused(trained_run, tmp_path):
+    m = write_manifest(tmp_path / "m.csv", [(GOOD[0], "lamellar"), (GOOD[1], "lamellar"), (GOOD[0], "porosity")])
+    for args in (["evaluate", trained_run, m], ["train", m, "-o", tmp_path / "run"]):
+        r = cli(*args)
+        assert r.exit_code == 1
+        assert f"{GOOD[0]} is labelled 'lamellar' on line 2 and 'porosity' on line 4; an image has one label" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_manifest_path_in_two_splits_is_refused(trained_run, tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text(f"path,label,split\n{GOOD[0]},lamellar,train\n{GOOD[1]},lamellar,val\n{GOOD[0]},lamellar,test\n")
+    r = cli("evaluate", trained_run, m)
+    assert r.exit_code == 1 and "is in split 'train' on line 2 and 'test' on line 4" in r.stderr
+
+
+# --- 15. evaluate on a batch of one class --------------------------------------------------------------------
+
+def test_evaluate_a_one_class_folder(trained_run, tmp_path):
+    batch = tmp_path / "batch" / "lamellar"
+    folder_of_good_images(batch, 3)
+    r = cli("evaluate", trained_run, tmp_path / "batch", "--format", "json", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    support = {c["class"]: c["support"] for c in report["per_class"]}
+    assert support.pop("lamellar") == 3 and set(support.values()) == {0} and report["overall"]["images"] == 3
+    m = write_manifest(tmp_path / "one.csv", [(f, "lamellar") for f in GOOD])  # the same as a manifest
+    r = cli("evaluate", trained_run, m, "--format", "json", "--workers", "0")
+    assert r.exit_code == 0 and json.loads(r.stdout)["overall"]["images"] == 3
+
+
+def test_training_still_needs_two_classes(tmp_path):
+    folder_of_good_images(tmp_path / "data" / "lamellar", 3)
+    r = cli("train", tmp_path / "data", "-o", tmp_path / "run")
+    assert r.exit_code == 1 and "only one class ('lamellar'); a classifier needs at least two" in r.stderr
