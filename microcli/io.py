@@ -336,8 +336,9 @@ def write_image(path: str | Path, data: np.ndarray, *, bit_depth: int = 8, overw
     """Write a PNG or TIFF (chosen by suffix).
 
     Boolean arrays (edges, thresholds) are written as 8-bit 0/255. Float arrays are clipped to [0, 1]
-    and written at `bit_depth` 8 or 16. The file is written to a temporary name and renamed, so a
-    crash never leaves a half-written output.
+    and written at `bit_depth` 8 or 16, or, with `bit_depth` 32 (TIFF only), written as float32 with
+    their values as they are. The file is written to a temporary name and renamed, so a crash never
+    leaves a half-written output.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -347,12 +348,16 @@ def write_image(path: str | Path, data: np.ndarray, *, bit_depth: int = 8, overw
         raise ValueError(f"{path}: can only write .png or .tif/.tiff")
     if data.dtype == bool:
         arr = data.astype(np.uint8) * 255
+    elif bit_depth == 32:
+        if suffix not in TIFF_EXTENSIONS:
+            raise ValueError(f"{path}: 32-bit float images can only be written as .tif/.tiff")
+        arr = np.asarray(data, dtype=np.float32)
     elif bit_depth == 16:
         arr = np.round(np.clip(data, 0, 1) * 65535).astype(np.uint16)
     elif bit_depth == 8:
         arr = np.round(np.clip(data, 0, 1) * 255).astype(np.uint8)
     else:
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        raise ValueError(f"bit_depth must be 8, 16 or 32, got {bit_depth}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, keep_suffix=True) as tmp:
         if suffix in TIFF_EXTENSIONS:

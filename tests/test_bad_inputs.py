@@ -363,3 +363,44 @@ def test_training_still_needs_two_classes(tmp_path):
     folder_of_good_images(tmp_path / "data" / "lamellar", 3)
     r = cli("train", tmp_path / "data", "-o", tmp_path / "run")
     assert r.exit_code == 1 and "only one class ('lamellar'); a classifier needs at least two" in r.stderr
+
+
+# --- 16. float TIFFs: float in, float out; raw units get a warning, never a silent answer -----------------------
+
+@pytest.fixture
+def raw_float_tiff(tmp_path) -> Path:
+    """A float32 TIFF in raw detector units (0..1000), the kind a 16-bit camera's software exports."""
+    d = tmp_path / "float"
+    d.mkdir()
+    arr = (np.random.default_rng(0).random((64, 64)) * 1000).astype(np.float32)
+    tifffile.imwrite(d / "raw.tif", arr)
+    return d / "raw.tif"
+
+
+def test_preprocess_float_tiff_stays_float_and_unclipped(raw_float_tiff, tmp_path):
+    r = cli("preprocess", raw_float_tiff, "-o", tmp_path / "out", "--op", "gaussian:sigma=1", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    out = tifffile.imread(tmp_path / "out" / "raw.tif")
+    src = tifffile.imread(raw_float_tiff)
+    assert out.dtype == np.float32 and out.max() > 100 and abs(out.mean() - src.mean()) < 5
+
+
+def test_preprocess_float_tiff_in_0_1_stays_float(tmp_path):
+    arr = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    tifffile.imwrite(tmp_path / "unit.tif", arr)
+    r = cli("preprocess", tmp_path / "unit.tif", "-o", tmp_path / "out", "--op", "invert", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "unit.tif"), 1 - arr, atol=1e-6)
+
+
+def test_preprocess_refuses_clipping_op_on_raw_float_units(raw_float_tiff, tmp_path):
+    r = cli("preprocess", raw_float_tiff, "-o", tmp_path / "out", "--op", "clahe", "--workers", "0")
+    assert r.exit_code == 1
+    assert "raw.tif: float image with values in [" in r.stderr
+    assert ("; op 'clahe' works on [0, 1] and would clip them: put 'stretch' before it, or rescale the image to "
+            "[0, 1]") in r.stderr
+    assert not (tmp_path / "out" / "raw.tif").exists()
+    r = cli("preprocess", raw_float_tiff, "-o", tmp_path / "out", "--op", "stretch", "--op", "clahe", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    out = tifffile.imread(tmp_path / "out" / "raw.tif")
+    assert out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1 and out.std() > 0.1

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MicrocliError, OutputExistsError, UsageError, describe
+from ..errors import MicrocliError, OpError, OutputExistsError, UsageError, describe
 from ..io import TIFF_EXTENSIONS, FoundImage, atomic_open, read_image, write_image
 from ..parallel import bounded_map
 from .pipeline import Pipeline
@@ -109,13 +109,34 @@ def write_pipeline_file(out_dir: str | Path, pipeline: Pipeline, *, force: bool 
     return not existed
 
 
+def output_bit_depth(input_depth: int, target: str) -> int:
+    """8 in, 8 out; 16 in, 16 out; float in, float32 TIFF out with the values unclipped (a float TIFF in
+    raw units, 0..1000 say, would otherwise become a white 16-bit image)."""
+    if input_depth == 32 and Path(target).suffix.lower() in TIFF_EXTENSIONS:
+        return 32
+    return 16 if input_depth >= 16 else 8
+
+
+def _check_float_range(path: str, data, pipeline: Pipeline) -> None:
+    """OpError when a float image outside [0, 1] would reach an op that clips to [0, 1]."""
+    step = pipeline.clipping_step()
+    if step is None:
+        return
+    lo, hi = float(data.min()), float(data.max())
+    if lo < 0 or hi > 1:
+        raise OpError(f"{path}: float image with values in [{lo:.4g}, {hi:.4g}]; op '{step.op}' works on [0, 1] "
+                      "and would clip them: put 'stretch' before it, or rescale the image to [0, 1]")
+
+
 def process_one(job: Job, pipeline: Pipeline, max_pixels: int | None, force: bool) -> FileResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             img = read_image(job.source, max_pixels=max_pixels)
+            if img.bit_depth == 32:
+                _check_float_range(job.source, img.data, pipeline)
             out = pipeline.apply(img.data)
-            write_image(job.target, out, bit_depth=16 if img.bit_depth >= 16 else 8, overwrite=force)
+            write_image(job.target, out, bit_depth=output_bit_depth(img.bit_depth, job.target), overwrite=force)
             error = None
         except UsageError:  # a bad setting (MICROCLI_MAX_PIXELS), not a bad file: stop the batch
             raise
