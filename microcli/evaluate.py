@@ -27,6 +27,8 @@ class EvalResult:
     failures : (path, message) of the images that could not be read.
     split : the split that was evaluated (after 'auto' was resolved).
     classes : the model's classes.
+    warnings : one message per image whose values lie far outside the training range
+        (`microcli.inputs.range_warning`); such images are still counted.
     """
 
     report: dict
@@ -34,6 +36,7 @@ class EvalResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     split: str = "all"
     classes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -115,7 +118,7 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
     if not known:
         raise DataError(f"none of the labels in the data ({', '.join(sorted(unknown))}) are classes of this model "
                         f"({', '.join(classes)})")
-    paths, labels, probs, failures = [], [], [], []
+    paths, labels, probs, failures, warned = [], [], [], [], []
     stream = predict_stream(predictor, [it.path for it in known], batch_size=batch_size, workers=workers,
                             max_pixels=max_pixels)
     for i, (item, pred) in enumerate(zip(known, stream)):
@@ -125,6 +128,8 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
             paths.append(item.path)
             labels.append(index[item.label])
             probs.append(pred.probs)
+            if pred.warning:
+                warned.append(pred.warning)
         if on_progress:
             on_progress(i + 1, len(known))
     if not paths:
@@ -132,4 +137,4 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
     report = confusion_report(labels, np.stack(probs), classes, paths, top_k=top_k)
     report["excluded_unknown_labels"] = unknown
     report["failed"] = [{"path": p, "error": e} for p, e in failures]
-    return EvalResult(report, unknown, failures)
+    return EvalResult(report, unknown, failures, warnings=warned)

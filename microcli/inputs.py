@@ -145,6 +145,33 @@ def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) 
     return to_chw(fit_array(arr, spec.img_size, spec.fit))
 
 
+RANGE_STDS = 6  # how far (in training standard deviations) beyond the training mean a value may lie
+
+
+def seen_range(spec: InputSpec) -> tuple[float, float]:
+    """The pixel values (after pipeline and fit, before normalisation) a model saw in training, roughly:
+    [0, 1] (how 8- and 16-bit files are read) widened to the training mean +- `RANGE_STDS` std."""
+    lo = min([0.0] + [m - RANGE_STDS * s for m, s in zip(spec.mean, spec.std)])
+    hi = max([1.0] + [m + RANGE_STDS * s for m, s in zip(spec.mean, spec.std)])
+    return lo, hi
+
+
+def range_warning(arrays: Iterable[np.ndarray], spec: InputSpec) -> str | None:
+    """A message when prepared arrays hold values far outside `seen_range` (a float TIFF in raw units,
+    0..1000 say, on a model trained on 8-bit images): the network still answers, often confidently,
+    but the answer means nothing. None when the values are in range."""
+    arrays = list(arrays)
+    if not arrays:
+        return None
+    vmin, vmax = min(float(a.min()) for a in arrays), max(float(a.max()) for a in arrays)
+    lo, hi = seen_range(spec)
+    if lo <= vmin and vmax <= hi:
+        return None
+    return (f"pixel values span [{vmin:.4g}, {vmax:.4g}], far outside what the model saw in training (about "
+            f"[{lo:.3g}, {hi:.3g}]); its answer is unreliable: rescale the image to the training data's range "
+            "(8- and 16-bit files are read as [0, 1])")
+
+
 def prepare_or_error(args) -> np.ndarray | str:
     """prepare_array, or the message naming the file when it fails. A UsageError (a bad setting such as
     MICROCLI_MAX_PIXELS) concerns every file, so it is raised, not reported once per file."""

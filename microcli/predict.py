@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .inputs import InputSpec, fit_array, load_for_model, prepare_or_error, to_chw
+from .inputs import InputSpec, fit_array, load_for_model, prepare_or_error, range_warning, to_chw
 from .parallel import bounded_map
 from .errors import UsageError, describe
 from .inference import Predictor
@@ -28,6 +28,7 @@ class Prediction:
     probs: np.ndarray | None = None  # (K,) softmax, aggregated over tiles when tiling
     error: str | None = None
     tiles: list[tuple[int, int, np.ndarray]] | None = None  # (x, y, probs) per tile
+    warning: str | None = None  # e.g. values far outside the training range (inputs.range_warning)
 
 
 @dataclass(frozen=True)
@@ -157,14 +158,18 @@ def _flush(predictor: Predictor, pending, tile: TileSpec | None, batch_size: int
     for path, got in pending:
         if isinstance(got, str):
             yield Prediction(path, error=got)
-        elif tile is None:
-            yield Prediction(path, probs[i])
+            continue
+        warning = range_warning([got] if tile is None else got[1], predictor.spec)
+        warning = f"{path}: {warning}" if warning else None
+        if tile is None:
+            yield Prediction(path, probs[i], warning=warning)
             i += 1
         else:
             coords, tiles = got
             p = probs[i:i + len(tiles)]
             i += len(tiles)
-            yield Prediction(path, aggregate(p, tile.aggregate), tiles=[(x, y, q) for (x, y), q in zip(coords, p)])
+            yield Prediction(path, aggregate(p, tile.aggregate), tiles=[(x, y, q) for (x, y), q in zip(coords, p)],
+                             warning=warning)
 
 
 def prediction_row(pred: Prediction, classes: list[str], *, top_k: int = 1, all_probs: bool = False,

@@ -404,3 +404,24 @@ def test_preprocess_refuses_clipping_op_on_raw_float_units(raw_float_tiff, tmp_p
     assert r.exit_code == 0, r.stderr
     out = tifffile.imread(tmp_path / "out" / "raw.tif")
     assert out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1 and out.std() > 0.1
+
+
+def test_predict_warns_on_values_far_outside_the_training_range(trained_run, raw_float_tiff):
+    r = cli("predict", trained_run, raw_float_tiff, GOOD[0], "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert len(rows_of(r.stdout)) == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {raw_float_tiff}: pixel values span [")
+    assert "far outside what the model saw in training" in lines[0]
+
+
+def test_evaluate_warns_on_values_far_outside_the_training_range(trained_run, raw_float_tiff, tmp_path):
+    m = write_manifest(tmp_path / "m.csv", [(str(raw_float_tiff), "lamellar"), (GOOD[0], "lamellar")])
+    r = cli("evaluate", trained_run, m, "--format", "json", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: {raw_float_tiff}: pixel values span" in r.stderr and GOOD[0] not in r.stderr
+
+
+def test_no_range_warning_for_ordinary_images(trained_run, tmp_path):
+    r = cli("predict", trained_run, SAMPLE, "-r", "--workers", "0")
+    assert r.exit_code == 0 and r.stderr == ""

@@ -8,7 +8,7 @@ import typer
 
 from ..options import Device, Precision, ReportFormat, Split
 from .common import (EXIT_CODES, DeviceOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, WorkersOpt, err,
-                     errors_to_exit, failed, out, progress, say)
+                     errors_to_exit, failed, out, progress, say, warn)
 
 def evaluate(
     model: ModelArg,
@@ -68,6 +68,8 @@ def evaluate(
                                         f"(its classes: {', '.join(result.classes)})")
         for _, why in result.failures:
             failed(why)
+        for message in result.warnings:
+            warn(message)
         files = {"json": json_file, "per_class": csv_file, "confusion_csv": confusion_csv,
                  "misclassified": misclassified, "plot": plot}
         for kind, path in files.items():

@@ -9,7 +9,7 @@ import typer
 
 from ..options import Aggregate, Device, OnError, Precision, RowFormat
 from .common import (EXIT_CODES, DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
-                     ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream)
+                     ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream, warn)
 from .common import failed as report_failure
 
 
@@ -95,6 +95,8 @@ def predict(
                         abort(f"stopping at the first failure (--on-error fail); {done} rows written", 1)
                 else:
                     done += 1
+                    if pred.warning:
+                        warn(pred.warning)
                     if tile_w and pred.tiles:
                         tile_w.writerows(tile_rows(pred.path, pred.tiles, classes))
     if failed and done == 0:
