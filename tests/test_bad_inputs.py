@@ -425,3 +425,66 @@ def test_evaluate_warns_on_values_far_outside_the_training_range(trained_run, ra
 def test_no_range_warning_for_ordinary_images(trained_run, tmp_path):
     r = cli("predict", trained_run, SAMPLE, "-r", "--workers", "0")
     assert r.exit_code == 0 and r.stderr == ""
+
+
+# --- 2. rows reach a slow pipe while its writer is still running -----------------------------------------------
+
+def test_rows_stream_while_stdin_is_still_open(trained_run):
+    """Each row must arrive while stdin is still open: the test only writes the next path after reading
+    the previous row, so a predict that waited for the end of input (or a full batch) would hang here
+    until the guard gives up."""
+    import select
+
+    proc = subprocess.Popen([sys.executable, "-m", "microcli", "predict", str(trained_run), "-", "--format", "jsonl"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def next_line() -> str:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)  # a hang guard, not a timing assertion
+        if not ready:
+            proc.kill()
+            pytest.fail("no row while the input was still open")
+        return proc.stdout.readline()
+
+    try:
+        for path in GOOD[:2]:
+            proc.stdin.write(path + "\n")
+            proc.stdin.flush()
+            assert json.loads(next_line())["path"] == path
+        proc.stdin.write(GOOD[2] + "\n")
+        proc.stdin.close()
+        assert json.loads(next_line())["path"] == GOOD[2]
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_mark_stalls_flushes_only_when_the_source_waits():
+    import threading
+
+    from microcli.parallel import FLUSH, bounded_map
+    from microcli.predict import mark_stalls
+
+    go = threading.Event()
+
+    def source():
+        yield "a"
+        go.wait()  # the source stalls until the consumer has seen the flush
+        yield "b"
+        yield "c"
+
+    it = mark_stalls(source(), 0.01)
+    assert next(it) == "a" and next(it) is FLUSH
+    go.set()
+    assert list(it) == ["b", "c"]
+
+    def boom():
+        yield "a"
+        raise ValueError("broken source")
+
+    with pytest.raises(ValueError, match="broken source"):
+        list(mark_stalls(boom(), 10))
+    for workers in (0, 2):  # FLUSH passes through bounded_map after everything before it
+        got = list(bounded_map(str.upper, ["a", "b", FLUSH, "c"], workers=workers, chunk=8, threads=True))
+        assert got == ["A", "B", FLUSH, "C"]

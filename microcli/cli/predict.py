@@ -83,8 +83,10 @@ def predict(
             tile_w = csv.writer(tile_fh) if tile_fh else None
             if tile_w:
                 tile_w.writerow(["path", "x", "y", "class", *[f"p_{c}" for c in classes]])
+            # Paths from a pipe may come slowly: rows for what is ready go out when it pauses (0.2 s).
+            stall = 0.2 if "-" in inputs else None
             for pred in predict_stream(predictor, paths, batch_size=batch_size, workers=auto_workers(workers, threads=True),
-                                       tile=tiles, max_pixels=max_pixels, on_path=sink.note_input):
+                                       tile=tiles, max_pixels=max_pixels, on_path=sink.note_input, flush_after=stall):
                 sink.write(prediction_row(pred, classes, top_k=top_k, all_probs=all_probs,
                                           min_confidence=min_confidence))
                 if pred.error:
