@@ -488,3 +488,51 @@ def test_mark_stalls_flushes_only_when_the_source_waits():
     for workers in (0, 2):  # FLUSH passes through bounded_map after everything before it
         got = list(bounded_map(str.upper, ["a", "b", FLUSH, "c"], workers=workers, chunk=8, threads=True))
         assert got == ["A", "B", FLUSH, "C"]
+
+
+# --- 1. predict -o never writes over an input or an existing file; 10. -o into a missing folder or onto one ----
+
+def test_output_named_like_an_image_is_refused(trained_run, tmp_path):
+    folder = folder_of_good_images(tmp_path / "i")
+    target = folder / Path(GOOD[1]).name
+    before = target.read_bytes()
+    r = cli("predict", trained_run, folder, "-r", "-o", target)
+    assert r.exit_code == 2
+    assert "an image file name is refused so that no micrograph is ever overwritten" in r.stderr
+    assert target.read_bytes() == before and r.stdout == ""
+
+
+def test_output_that_is_an_input_is_refused_even_with_force_or_append(trained_run, tmp_path):
+    notes = tmp_path / "notes.csv"
+    notes.write_text("keep me\n")
+    for flag in ("--force", "--append"):
+        # -b 1: rows for the first images are written before the output turns up among the inputs
+        r = cli("predict", trained_run, *GOOD, notes, "-o", notes, flag, "-b", "1", "--workers", "0")
+        assert r.exit_code == 1, r.output
+        assert f"--output {notes}: is one of the inputs; choose another file name" in r.stderr
+        assert notes.read_text() == "keep me\n", flag
+    assert not list(tmp_path.glob(".notes.csv.tmp*"))
+
+
+def test_existing_output_needs_force_or_append(trained_run, tmp_path):
+    out = tmp_path / "p.csv"
+    out.write_text("old,rows\n")
+    r = cli("predict", trained_run, GOOD[0], "-o", out, "--workers", "0")
+    assert r.exit_code == 1 and "p.csv: exists; use --force to replace it or --append to add rows" in r.stderr
+    assert out.read_text() == "old,rows\n"
+    assert cli("predict", trained_run, GOOD[0], "-o", out, "--force", "--workers", "0").exit_code == 0
+    assert [row["path"] for row in rows_of(out.read_text())] == [GOOD[0]]
+    assert cli("predict", trained_run, GOOD[1], "-o", out, "--append", "--workers", "0").exit_code == 0
+    assert [row["path"] for row in rows_of(out.read_text())] == GOOD[:2]
+
+
+def test_output_into_a_missing_folder_creates_it(trained_run, tmp_path):
+    out = tmp_path / "new" / "sub" / "p.csv"
+    r = cli("predict", trained_run, GOOD[0], "-o", out, "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert [row["path"] for row in rows_of(out.read_text())] == [GOOD[0]]
+
+
+def test_output_onto_a_folder_is_one_line(trained_run, tmp_path):
+    r = cli("predict", trained_run, GOOD[0], "-o", tmp_path)
+    assert r.exit_code == 2 and r.stderr == f"error: --output {tmp_path}: is a folder; give a file name\n"
