@@ -536,3 +536,133 @@ def test_output_into_a_missing_folder_creates_it(trained_run, tmp_path):
 def test_output_onto_a_folder_is_one_line(trained_run, tmp_path):
     r = cli("predict", trained_run, GOOD[0], "-o", tmp_path)
     assert r.exit_code == 2 and r.stderr == f"error: --output {tmp_path}: is a folder; give a file name\n"
+
+
+# --- 6. a failed or interrupted train never blocks the next run; 8. leftovers of a killed run; 12. --img-size -------
+
+def small_data(root: Path, n: int = 6, classes=("lamellar", "porosity")) -> Path:
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for f in sorted((SAMPLE / cls).glob("*.png"))[:n]:
+            shutil.copy(f, root / cls)
+    return root
+
+
+def train(*args, **kw):
+    return cli("train", *args, "--epochs", kw.pop("epochs", "1"), "--workers", "0", "--img-size", "32", **kw)
+
+
+def test_missing_pretrained_file_fails_before_reading_data(tmp_path):
+    data = small_data(tmp_path / "data")
+    r = cli("train", data, "-o", tmp_path / "run", "--arch", "resnet18", "--pretrained", tmp_path / "x.pt")
+    assert r.exit_code == 2
+    assert f"--pretrained {tmp_path / 'x.pt'}: no such file" in r.stderr
+    assert "classes," not in r.stderr and not (tmp_path / "run").exists()  # no image was read
+
+
+def test_unloadable_pretrained_file_leaves_no_blocking_folder(tmp_path):
+    data = small_data(tmp_path / "data")
+    (tmp_path / "x.pt").write_text("not a state_dict")
+    r = cli("train", data, "-o", tmp_path / "run", "--arch", "resnet18", "--pretrained", tmp_path / "x.pt",
+            "--workers", "0", "--img-size", "32")
+    assert r.exit_code == 1 and "x.pt: not a loadable state_dict" in r.stderr
+    r = train(data, "-o", tmp_path / "run")  # same folder, no --force
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_folder_left_before_the_first_epoch_is_replaced_without_force(tmp_path):
+    data = small_data(tmp_path / "data")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.csv").write_text("path,label,group,split\n")  # what an early failure used to leave
+    r = train("--resume", run)
+    assert r.exit_code == 2
+    assert "no config.json there (the run never started training; start it again without --resume)" in r.stderr
+    r = train(data, "-o", run)
+    assert r.exit_code == 0, r.stderr
+    assert (run / "best.pt").is_file() and len(rows_of((run / "split.csv").read_text())) == 12
+
+
+def test_ctrl_c_while_reading_images_leaves_a_replaceable_or_resumable_folder(tmp_path):
+    """SIGINT once the images start loading (non-local-means makes that slow). Whenever it lands, the
+    folder must let the next run start: replaced without --force, or resumed."""
+    import signal
+
+    data = small_data(tmp_path / "data", n=40)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "microcli", "train", str(data), "-o", str(run), "--epochs", "1",
+                             "--workers", "0", "--img-size", "32", "--preprocess", "denoise:method=nlm"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "classes," in line:  # printed just before the images are read
+                proc.send_signal(signal.SIGINT)
+                break
+        assert proc.wait(300) == 130
+    finally:
+        proc.kill()
+        proc.stderr.close()
+    if (run / "last.pt").is_file():  # the signal came after the first batch: resumable
+        r = train("--resume", run)
+    else:
+        assert not run.exists() or {p.name for p in run.iterdir()} <= {"config.json", "split.csv", "skipped.csv"}
+        r = train(data, "-o", run)
+    assert r.exit_code == 0, r.stderr
+    assert (run / "best.pt").is_file()
+
+
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    data = small_data(tmp_path / "data")
+    r = train(data, "-o", tmp_path / "run", epochs="2")
+    assert r.exit_code == 0, r.stderr
+    return tmp_path / "run"
+
+
+def test_stale_temporary_files_are_removed(finished_run):
+    stale = finished_run / ".last.pt.tmp999999"
+    stale.write_bytes(b"half a model")
+    mine = finished_run / "notes.txt"
+    mine.write_text("the user's own file")
+    r = train("--resume", finished_run, epochs="3")
+    assert r.exit_code == 0, r.stderr
+    assert not stale.exists()
+    stale.write_bytes(b"half a model")
+    r = train(finished_run.parent / "data", "-o", finished_run, "--force")
+    assert r.exit_code == 0, r.stderr
+    assert not stale.exists() and mine.read_text() == "the user's own file"
+
+
+def test_resume_trims_metrics_to_last_pt(finished_run):
+    metrics = finished_run / "metrics.csv"
+    rows = rows_of(metrics.read_text())
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    with open(metrics, "a", newline="") as fh:  # a kill between the metrics row and last.pt
+        csv.writer(fh).writerow(["3"] + ["999"] * (len(rows[0]) - 1))
+    r = train("--resume", finished_run, epochs="3")
+    assert r.exit_code == 0, r.stderr
+    rows = rows_of(metrics.read_text())
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[2]["train_loss"] != "999"
+
+
+@pytest.mark.parametrize("arch,size,rule", [("lenet", 4, "16..2048 for lenet"), ("lenet", 100000, "16..2048 for lenet"),
+                                            ("resnet18", 16, "32..2048 for resnet18")])
+def test_img_size_out_of_range_is_a_usage_error_before_any_io(tmp_path, arch, size, rule):
+    data = small_data(tmp_path / "data")
+    r = cli("train", data, "-o", tmp_path / "run", "--arch", arch, "--img-size", size)
+    assert r.exit_code == 2
+    assert r.stderr == f"error: --img-size must be 0 (auto) or {rule}, got {size}\n"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="train.decode_splits prints the split sizes before decoding, so unreadable "
+                                       "files are counted in 'N train / M val images' (train.py is not ours to edit)")
+def test_train_header_counts_only_the_images_used(tmp_path):
+    data = small_data(tmp_path / "data")
+    (data / "lamellar" / "broken.png").write_text("not an image")
+    r = train(data, "-o", tmp_path / "run")
+    assert r.exit_code == 3
+    header = next(line for line in r.stderr.splitlines() if "classes," in line)
+    n_train, n_val = (int(x) for x in header.split(", ")[1].replace(" images", "").replace(" train /", "").split()[:2])
+    assert n_train + n_val == len(rows_of((tmp_path / "run" / "split.csv").read_text())) == 12
