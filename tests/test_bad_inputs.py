@@ -333,7 +333,8 @@ def test_manifest_path_under_two_labels_is_refused(trained_run, tmp_path):
     for args in (["evaluate", trained_run, m], ["train", m, "-o", tmp_path / "run"]):
         r = cli(*args)
         assert r.exit_code == 1
-        assert f"{GOOD[0]} is labelled 'lamellar' on line 2 and 'porosity' on line 4; an image has one label" in r.stderr
+        assert (f"{GOOD[0]} is labelled 'lamellar' on line 2 and 'porosity' on line 4; an image has one "
+                "label") in r.stderr
     assert not (tmp_path / "run").exists()
 
 
