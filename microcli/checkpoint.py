@@ -81,6 +81,13 @@ def resolve_model_path(model: str | Path) -> Path:
 
 
 def load_bundle(model: str | Path) -> Bundle:
+    """Read a bundle (a .pt file or a run folder's best.pt) with ``weights_only=True``.
+
+    Raises
+    ------
+    CheckpointError : not a readable file, not a microcli bundle, a newer format, an unknown architecture,
+        or a field that is missing or malformed (the message names it).
+    """
     path = resolve_model_path(model)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -97,11 +104,47 @@ def load_bundle(model: str | Path) -> Bundle:
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: bundle is missing {', '.join(missing)}")
-    if raw["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: bundle format {raw['format_version']} is newer than this microcli "
-                              f"understands ({FORMAT_VERSION}); upgrade microcli")
-    if raw["arch"] not in REGISTRY:
-        raise CheckpointError(f"{path}: unknown architecture {raw['arch']!r}")
-    return Bundle(raw["arch"], list(raw["classes"]), InputSpec.from_dict(raw["input"]), raw["state_dict"],
-                  raw.get("train_config", {}), raw.get("metrics", {}), raw.get("data_summary", {}),
-                  raw.get("versions", {}), raw.get("training_state"), str(path))
+    return _checked_bundle(raw, path)
+
+
+def _checked_bundle(raw: dict, path: Path) -> Bundle:
+    """Every field's type and range, so that a damaged or hand-edited file is one CheckpointError naming
+    the field, never a KeyError or TypeError later."""
+    def malformed(name: str, detail: str) -> CheckpointError:
+        return CheckpointError(f"{path}: bundle field {name!r} is malformed ({detail})")
+
+    version = raw["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise malformed("format_version", f"expected a whole number >= 1, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: bundle format {version} is newer than this microcli understands "
+                              f"({FORMAT_VERSION}); upgrade microcli")
+    arch = raw["arch"]
+    if not isinstance(arch, str):
+        raise malformed("arch", f"expected a name, got {type(arch).__name__}")
+    if arch not in REGISTRY:
+        raise CheckpointError(f"{path}: unknown architecture {arch!r}")
+    classes = raw["classes"]
+    if (not isinstance(classes, (list, tuple)) or not classes
+            or not all(isinstance(c, str) and c for c in classes)):
+        raise malformed("classes", "expected a non-empty list of class names")
+    if len(set(classes)) != len(classes):
+        raise malformed("classes", "a class name appears twice")
+    try:
+        spec = InputSpec.from_dict(raw["input"])
+    except ValueError as exc:
+        raise malformed("input", str(exc)) from None
+    sd = raw["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise malformed("state_dict", "expected a dict of tensors")
+    extras = {}
+    for name in ("train_config", "metrics", "data_summary", "versions"):
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            raise malformed(name, f"expected a dict, got {type(value).__name__}")
+        extras[name] = value
+    state = raw.get("training_state")
+    if state is not None and not isinstance(state, dict):
+        raise malformed("training_state", f"expected a dict, got {type(state).__name__}")
+    return Bundle(arch, list(classes), spec, sd, extras["train_config"], extras["metrics"], extras["data_summary"],
+                  extras["versions"], state, str(path))

@@ -7,13 +7,15 @@ How a file becomes network input lives in `inputs.py`; decoding a whole set once
 from __future__ import annotations
 
 import csv
+import io
 import os
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
-from .io import walk_images
+from .io import MicrocliWarning, walk_images
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -49,26 +51,38 @@ def _class_folders(root: Path) -> dict[str, list[Item]]:
     return out
 
 
-def discover(data: str | Path) -> Discovered:
-    """Read a data set: `root/<class>/...`, `root/{train,val,test}/<class>/...`, or a CSV manifest."""
+def discover(data: str | Path, *, min_classes: int = 2) -> Discovered:
+    """Read a data set: `root/<class>/...`, `root/{train,val,test}/<class>/...`, or a CSV manifest.
+
+    Parameters
+    ----------
+    data : the folder or the manifest (see `_read_manifest`).
+    min_classes : fewer classes is a DataError: 2 to train a classifier, 1 to evaluate one on a batch of
+        a single class.
+
+    Raises
+    ------
+    DataError : no such path, no class folders, an empty class folder, too few classes, or a manifest that
+        is not UTF-8, lacks the columns, or lists a path under two labels or splits.
+    """
     data = Path(data)
     if data.is_file():
-        return _read_manifest(data)
+        return _read_manifest(data, min_classes=min_classes)
     if not data.is_dir():
         raise DataError(f"{data}: no such folder or manifest file")
     subdirs = {d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith(".")}
     if "train" in subdirs and subdirs <= set(SPLIT_NAMES):
         splits = {s: _class_folders(data / s) for s in SPLIT_NAMES if s in subdirs}
         classes = sorted({c for per in splits.values() for c in per})
-        _check_classes(data / "train", splits["train"])
+        _check_classes(data / "train", splits["train"], min_classes)
         return Discovered(classes, {s: [it for c in sorted(per) for it in per[c]] for s, per in splits.items()},
                           "split-folders")
     per_class = _class_folders(data)
-    _check_classes(data, per_class)
+    _check_classes(data, per_class, min_classes)
     return Discovered(sorted(per_class), {"all": [it for c in sorted(per_class) for it in per_class[c]]}, "folders")
 
 
-def _check_classes(root: Path, per_class: dict[str, list[Item]]) -> None:
+def _check_classes(root: Path, per_class: dict[str, list[Item]], min_classes: int = 2) -> None:
     if not per_class:
         raise DataError(f"{root}: no class folders; expected {root}/<class name>/<images> "
                         "(extensions .png .jpg .jpeg .bmp .tif .tiff)")
@@ -76,19 +90,36 @@ def _check_classes(root: Path, per_class: dict[str, list[Item]]) -> None:
     if empty:
         raise DataError(f"{root}: empty class folder(s): {', '.join(repr(c) for c in empty)} "
                         "(no .png .jpg .jpeg .bmp .tif .tiff files)")
-    if len(per_class) < 2:
+    if len(per_class) < min_classes:
         raise DataError(f"{root}: only one class ({next(iter(per_class))!r}); a classifier needs at least two")
 
 
-def _read_manifest(path: Path) -> Discovered:
-    """CSV with a header `path,label[,group][,split]`; relative paths are relative to the CSV's folder."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = [c.strip().lower() for c in reader.fieldnames or []]
-        if "path" not in cols or "label" not in cols:
-            raise DataError(f"{path}: a manifest needs a header with 'path' and 'label' columns, got {cols}")
-        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+def _read_text(path: Path) -> str:
+    """A manifest's text: UTF-8 (with or without Excel's BOM), or a DataError that says how to convert it."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}; Excel's plain 'CSV' "
+                        f"is Windows-1252); save it as 'CSV UTF-8' or convert it: iconv -f cp1252 -t utf-8 "
+                        f"{path.name} > utf8-{path.name}") from None
+
+
+def _read_manifest(path: Path, *, min_classes: int = 2) -> Discovered:
+    """CSV with a header `path,label[,group][,split]`; relative paths are relative to the CSV's folder.
+
+    A path listed twice with the same label and split is used once, with a warning; one listed under two
+    labels (or two splits) is a DataError naming both lines.
+    """
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    cols = [c.strip().lower() for c in reader.fieldnames or []]
+    if "path" not in cols or "label" not in cols:
+        raise DataError(f"{path}: a manifest needs a header with 'path' and 'label' columns, got {cols}")
+    rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     items: dict[str, list[Item]] = defaultdict(list)
+    first: dict[str, tuple[int, str, str]] = {}  # normalised path -> (line, label, split) where first listed
+    repeated: list[tuple[str, int, int]] = []
     for n, row in enumerate(rows, start=2):
         if not row["path"] or not row["label"]:
             raise DataError(f"{path}:{n}: empty 'path' or 'label'")
@@ -96,11 +127,28 @@ def _read_manifest(path: Path) -> Discovered:
         split = row.get("split") or "all"
         if split not in (*SPLIT_NAMES, "all"):
             raise DataError(f"{path}:{n}: split must be train, val or test, got {split!r}")
+        key = os.path.normcase(os.path.abspath(p))
+        if key in first:
+            line, label, where = first[key]
+            if label != row["label"]:
+                raise DataError(f"{path}: {row['path']} is labelled {label!r} on line {line} and {row['label']!r} on "
+                                f"line {n}; an image has one label")
+            if where != split:
+                raise DataError(f"{path}: {row['path']} is in split {where!r} on line {line} and {split!r} on line "
+                                f"{n}; an image in two splits leaks between training and testing")
+            repeated.append((row["path"], line, n))
+            continue
+        first[key] = (n, row["label"], split)
         items[split].append(Item(p, row["label"], row.get("group") or None))
+    if repeated:
+        name, a, b = repeated[0]
+        more = f" and {len(repeated) - 1} more" if len(repeated) > 1 else ""
+        warnings.warn(f"{path}: {name} is listed twice (lines {a} and {b}){more}; each image is used once",
+                      MicrocliWarning, 2)
     per_class = Counter(it.label for its in items.values() for it in its)
     if not per_class:
         raise DataError(f"{path}: the manifest lists no images")
-    if len(per_class) < 2:
+    if len(per_class) < min_classes:
         raise DataError(f"{path}: only one class ({next(iter(per_class))!r}); a classifier needs at least two")
     if "all" in items and len(items) > 1:
         raise DataError(f"{path}: either every row has a split or none does")

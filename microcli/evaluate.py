@@ -11,6 +11,7 @@ from .checkpoint import load_bundle, resolve_model_path
 from .data import Item, discover, read_split_csv
 from .errors import DataError, UsageError
 from .inference import Predictor
+from .io import resolve_max_pixels
 from .metrics import confusion_report
 from .predict import predict_stream
 
@@ -26,6 +27,8 @@ class EvalResult:
     failures : (path, message) of the images that could not be read.
     split : the split that was evaluated (after 'auto' was resolved).
     classes : the model's classes.
+    warnings : one message per image whose values lie far outside the training range
+        (`microcli.inputs.range_warning`); such images are still counted.
     """
 
     report: dict
@@ -33,6 +36,7 @@ class EvalResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     split: str = "all"
     classes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -58,9 +62,11 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = 
     Raises
     ------
     CheckpointError : `model` is not a readable bundle.
-    UsageError : the split does not exist, or no DATA and no split.csv beside the model.
+    UsageError : the split does not exist, no DATA and no split.csv beside the model, or a bad pixel
+        limit (`max_pixels` or MICROCLI_MAX_PIXELS).
     DataError : nothing usable in the data.
     """
+    max_pixels = resolve_max_pixels(max_pixels)
     path = resolve_model_path(model)
     splits = _splits_of(path, model, data)
     chosen = _auto_split(splits, data) if split == "auto" else split
@@ -84,8 +90,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = 
 
 def _splits_of(path: Path, model: str | Path, data: str | Path | None) -> dict[str, list[Item]]:
     """DATA's parts ('all' when not split), or the run's split.csv next to the bundle."""
-    if data is not None:
-        return discover(data).splits
+    if data is not None:  # one class is enough: a model is often checked on a new batch of one class
+        return discover(data, min_classes=1).splits
     csv_path = path.parent / "split.csv"
     if not csv_path.is_file():
         raise UsageError(f"no DATA given and no split.csv next to {model}; give a data folder or manifest")
@@ -112,7 +118,7 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
     if not known:
         raise DataError(f"none of the labels in the data ({', '.join(sorted(unknown))}) are classes of this model "
                         f"({', '.join(classes)})")
-    paths, labels, probs, groups, failures = [], [], [], [], []
+    paths, labels, probs, groups, failures, warned = [], [], [], [], [], []
     stream = predict_stream(predictor, [it.path for it in known], batch_size=batch_size, workers=workers,
                             max_pixels=max_pixels)
     for i, (item, pred) in enumerate(zip(known, stream)):
@@ -123,6 +129,8 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
             groups.append(item.group)
             labels.append(index[item.label])
             probs.append(pred.probs)
+            if pred.warning:
+                warned.append(pred.warning)
         if on_progress:
             on_progress(i + 1, len(known))
     if not paths:
@@ -133,4 +141,4 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
                               groups=groups if any(g is not None for g in groups) else None)
     report["excluded_unknown_labels"] = unknown
     report["failed"] = [{"path": p, "error": e} for p, e in failures]
-    return EvalResult(report, unknown, failures)
+    return EvalResult(report, unknown, failures, warnings=warned)

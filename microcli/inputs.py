@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError, describe
+from .errors import ImageReadError, MicrocliError, UsageError, describe
 from .io import has_colour, read_image
 from .parallel import bounded_map
 from .preprocess import Pipeline
@@ -52,19 +52,41 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
-        """The inverse of `to_dict`; pipeline, mean and std may be missing (empty).
+        """From `to_dict`'s form, checking every field (a bundle's file may be damaged or hand-edited).
 
-        Parameters
-        ----------
-        d : dict
-            With "channels", "img_size" and "fit", as in a bundle's "input".
-
-        Returns
-        -------
-        InputSpec
+        Raises
+        ------
+        ValueError : naming the first field that is missing or malformed.
         """
-        return cls(int(d["channels"]), int(d["img_size"]), str(d["fit"]), tuple(d.get("pipeline", ())),
-                   tuple(d.get("mean", ())), tuple(d.get("std", ())))
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a dict, got {type(d).__name__}")
+        missing = [k for k in ("channels", "img_size", "fit", "mean", "std") if k not in d]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        channels, size, fit = d["channels"], d["img_size"], d["fit"]
+        if channels not in (1, 3) or isinstance(channels, bool):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"img_size must be a positive integer, got {size!r}")
+        if fit not in ("resize", "crop"):
+            raise ValueError(f"fit must be 'resize' or 'crop', got {fit!r}")
+        stats = {}
+        for key in ("mean", "std"):
+            v = d[key]
+            if (not isinstance(v, (list, tuple)) or len(v) != channels
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)):
+                raise ValueError(f"{key} must be {channels} finite number(s), got {v!r}")
+            stats[key] = tuple(float(x) for x in v)
+        if any(x <= 0 for x in stats["std"]):
+            raise ValueError(f"std must be positive, got {d['std']!r}")
+        pipeline = d.get("pipeline", [])
+        if not isinstance(pipeline, (list, tuple)):
+            raise ValueError(f"pipeline must be a list, got {type(pipeline).__name__}")
+        try:
+            Pipeline.from_list(list(pipeline))
+        except MicrocliError as exc:
+            raise ValueError(f"pipeline: {exc}") from None
+        return cls(channels, size, fit, tuple(pipeline), stats["mean"], stats["std"])
 
     def get_pipeline(self) -> Pipeline:
         """`pipeline` as a checked `Pipeline`.
@@ -77,21 +99,41 @@ class InputSpec:
         return Pipeline.from_list(list(self.pipeline))
 
 
-def _resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize with antialiasing (Pillow 'F' images), channel by channel."""
-    if arr.shape[:2] == (height, width):
+# --fit crop enlarges an image whose shorter side is below the input size; a strip thinner than that
+# keeps at most this many input sides of its length (the centre), so 2 x 1,000,000 px stays small.
+CROP_MAX_ASPECT = 16
+
+
+def _resize(arr: np.ndarray, height: int, width: int, box: tuple[float, float, float, float] | None = None
+            ) -> np.ndarray:
+    """Bilinear resize with antialiasing (Pillow 'F' images), channel by channel. `box` (left, top, right,
+    bottom, in source pixels, fractions allowed) resamples only that window; pixels around it still feed
+    the filter, so the result equals resizing the whole image and cutting the window out."""
+    if arr.shape[:2] == (height, width) and box in (None, (0, 0, arr.shape[1], arr.shape[0])):
         return arr
     if arr.ndim == 3:
-        return np.stack([_resize(arr[..., c], height, width) for c in range(arr.shape[2])], -1)
+        return np.stack([_resize(arr[..., c], height, width, box) for c in range(arr.shape[2])], -1)
     img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
+    return np.asarray(img.resize((width, height), Image.BILINEAR, box=box), dtype=np.float32)
+
+
+def _resized_window(arr: np.ndarray, nh: int, nw: int, oh: int, ow: int) -> np.ndarray:
+    """The centre (oh, ow) window of `arr` resized to (nh, nw), without making the whole resized image
+    (a 3 x 60,000 strip scaled to a 128 px short side would be 1.3 GB before the crop)."""
+    h, w = arr.shape[:2]
+    top, left = (nh - oh) // 2, (nw - ow) // 2
+    if (nh, nw) == (h, w):  # native scale: a plain cut
+        return arr[top:top + oh, left:left + ow]
+    box = (left * w / nw, top * h / nh, (left + ow) * w / nw, (top + oh) * h / nh)
+    return _resize(arr, oh, ow, box)
 
 
 def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
     """resize: shorter side to `size`, centre crop to size x size. crop: keep the native pixel scale
-    (only images whose shorter side is below `size` are enlarged to it).
-
-    Scaling is bilinear with antialiasing (Pillow), channel by channel.
+    (only images whose shorter side is below `size` are enlarged to it, keeping at most
+    `CROP_MAX_ASPECT` sides of their length). Only the pixels kept are ever resampled, so memory stays
+    bounded by the input and the output, whatever the aspect ratio. Scaling is bilinear with
+    antialiasing (Pillow), channel by channel.
 
     Parameters
     ----------
@@ -104,20 +146,18 @@ def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
     Returns
     -------
     ndarray of float32
-        (size, size[, C]) for resize; for crop, both sides at least `size` (`arr` itself when it is
-        large enough).
+        (size, size[, C]) for resize; for crop, both sides at least `size`.
     """
     h, w = arr.shape[:2]
     short = min(h, w)
-    if fit == "resize" or short < size:
-        scale = size / short
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        arr = _resize(arr, nh, nw)
+    if fit != "resize" and short >= size:
+        return arr
+    scale = size / short
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     if fit == "resize":
-        h, w = arr.shape[:2]
-        top, left = (h - size) // 2, (w - size) // 2
-        arr = arr[top:top + size, left:left + size]
-    return arr
+        return _resized_window(arr, nh, nw, size, size)
+    limit = size * CROP_MAX_ASPECT
+    return _resized_window(arr, nh, nw, min(nh, limit), min(nw, limit))
 
 
 def load_for_model(path: str, spec: InputSpec, *, max_pixels: int | None = None,
@@ -199,8 +239,37 @@ def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) 
     return to_chw(fit_array(arr, spec.img_size, spec.fit))
 
 
+RANGE_STDS = 6  # how far (in training standard deviations) beyond the training mean a value may lie
+
+
+def seen_range(spec: InputSpec) -> tuple[float, float]:
+    """The pixel values (after pipeline and fit, before normalisation) a model saw in training, roughly:
+    [0, 1] (how 8- and 16-bit files are read) widened to the training mean +- `RANGE_STDS` std."""
+    lo = min([0.0] + [m - RANGE_STDS * s for m, s in zip(spec.mean, spec.std)])
+    hi = max([1.0] + [m + RANGE_STDS * s for m, s in zip(spec.mean, spec.std)])
+    return lo, hi
+
+
+def range_warning(arrays: Iterable[np.ndarray], spec: InputSpec) -> str | None:
+    """A message when prepared arrays hold values far outside `seen_range` (a float TIFF in raw units,
+    0..1000 say, on a model trained on 8-bit images): the network still answers, often confidently,
+    but the answer means nothing. None when the values are in range."""
+    arrays = list(arrays)
+    if not arrays:
+        return None
+    vmin, vmax = min(float(a.min()) for a in arrays), max(float(a.max()) for a in arrays)
+    lo, hi = seen_range(spec)
+    if lo <= vmin and vmax <= hi:
+        return None
+    return (f"pixel values span [{vmin:.4g}, {vmax:.4g}], far outside what the model saw in training (about "
+            f"[{lo:.3g}, {hi:.3g}]); its answer is unreliable: rescale the image to the training data's range "
+            "(8- and 16-bit files are read as [0, 1])")
+
+
 def prepare_or_error(args) -> np.ndarray | str:
     """`prepare_array` that returns any failure as its message instead of raising (for worker pools).
+    A UsageError (a bad setting such as MICROCLI_MAX_PIXELS) concerns every file, so it is raised, not
+    reported once per file.
 
     Parameters
     ----------
@@ -215,6 +284,8 @@ def prepare_or_error(args) -> np.ndarray | str:
     path, spec, max_pixels = args
     try:
         return prepare_array(path, spec, max_pixels=max_pixels)
+    except UsageError:
+        raise
     except Exception as exc:
         return describe(path, exc)
 

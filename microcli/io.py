@@ -9,7 +9,9 @@ colour, then (H, W, 3).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from .errors import (
     OutputExistsError,
     TruncatedImageError,
     UnsupportedImageError,
+    UsageError,
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -63,18 +66,70 @@ class Micrograph:
 
 
 def max_pixels_default() -> int:
-    return int(os.environ.get("MICROCLI_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    """The pixel limit from ``MICROCLI_MAX_PIXELS`` (default 200 Mpx; 0: no limit).
+
+    Raises
+    ------
+    UsageError : the variable is not a whole number >= 0. Commands call this once before any file is
+        read, so a bad value is one message, not one failure per file.
+    """
+    raw = os.environ.get("MICROCLI_MAX_PIXELS")
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"MICROCLI_MAX_PIXELS must be a whole number >= 0 (0: no limit), got {raw!r}")
+    return value
+
+
+def resolve_max_pixels(max_pixels: int | None) -> int:
+    """`max_pixels`, or the default when None; UsageError for a negative value or a bad environment variable."""
+    if max_pixels is None:
+        return max_pixels_default()
+    if max_pixels < 0:
+        raise UsageError(f"--max-pixels must be at least 0 (0: no limit), got {max_pixels}")
+    return max_pixels
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_regular_file(path: str | Path) -> None:
+    """Raise NotAnImageError unless `path` is a regular file (after symlinks), without opening it.
+
+    Opening a FIFO would wait for a writer forever, and a symlink loop fails with ELOOP: both are named
+    here so that a folder holding one is still processed.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise NotAnImageError(path, "broken symlink") from None
+        raise NotAnImageError(path, "no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotAnImageError(path, "symlink loop") from None
+        raise NotAnImageError(path, f"cannot be opened: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise NotAnImageError(path, "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        raise NotAnImageError(path, f"{kind}; only regular files are read")
 
 
 def sniff_format(path: str | Path) -> str:
-    """Return 'png', 'jpeg', 'bmp' or 'tiff' from the file's magic bytes, or raise a typed error."""
+    """Return 'png', 'jpeg', 'bmp' or 'tiff' from the file's magic bytes, or raise a typed error.
+    Only regular files are opened (`check_regular_file`)."""
+    check_regular_file(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
-    except IsADirectoryError:
-        raise NotAnImageError(path, "is a directory") from None
-    except FileNotFoundError:
-        raise NotAnImageError(path, "no such file") from None
+    except OSError as exc:
+        raise NotAnImageError(path, f"cannot be opened: {exc.strerror or exc}") from None
     if not head:
         raise EmptyFileError(path)
     for magic, fmt in _MAGIC.items():
@@ -86,7 +141,7 @@ def sniff_format(path: str | Path) -> str:
 
 
 def check_pixels(path: str | Path, height: int, width: int, max_pixels: int | None) -> None:
-    limit = max_pixels_default() if max_pixels is None else max_pixels
+    limit = resolve_max_pixels(max_pixels)
     if limit and height * width > limit:
         raise ImageTooLargeError(path, f"{width}x{height} = {width * height:,} pixels > limit {limit:,}")
 
@@ -281,8 +336,9 @@ def write_image(path: str | Path, data: np.ndarray, *, bit_depth: int = 8, overw
     """Write a PNG or TIFF (chosen by suffix).
 
     Boolean arrays (edges, thresholds) are written as 8-bit 0/255. Float arrays are clipped to [0, 1]
-    and written at `bit_depth` 8 or 16. The file is written to a temporary name and renamed, so a
-    crash never leaves a half-written output.
+    and written at `bit_depth` 8 or 16, or, with `bit_depth` 32 (TIFF only), written as float32 with
+    their values as they are. The file is written to a temporary name and renamed, so a crash never
+    leaves a half-written output.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -292,12 +348,16 @@ def write_image(path: str | Path, data: np.ndarray, *, bit_depth: int = 8, overw
         raise ValueError(f"{path}: can only write .png or .tif/.tiff")
     if data.dtype == bool:
         arr = data.astype(np.uint8) * 255
+    elif bit_depth == 32:
+        if suffix not in TIFF_EXTENSIONS:
+            raise ValueError(f"{path}: 32-bit float images can only be written as .tif/.tiff")
+        arr = np.asarray(data, dtype=np.float32)
     elif bit_depth == 16:
         arr = np.round(np.clip(data, 0, 1) * 65535).astype(np.uint16)
     elif bit_depth == 8:
         arr = np.round(np.clip(data, 0, 1) * 255).astype(np.uint8)
     else:
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        raise ValueError(f"bit_depth must be 8, 16 or 32, got {bit_depth}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, keep_suffix=True) as tmp:
         if suffix in TIFF_EXTENSIONS:
@@ -323,7 +383,11 @@ def _is_image_name(name: str) -> bool:
 
 
 def walk_images(root: str | Path, *, recursive: bool = True, exclude: Iterable[Path] = ()) -> Iterator[FoundImage]:
-    """Images under `root`, sorted, hidden files and folders skipped, symlinked folders followed once."""
+    """Images under `root`, sorted, hidden files and folders skipped, symlinked folders followed once.
+
+    Every entry with an image extension that is not a folder is returned, even a symlink loop, a broken
+    symlink or a FIFO: reading it then fails with a message that names it (`check_regular_file`), and the
+    rest of the folder is still processed."""
     root = str(root)
     excluded = {Path(p).resolve() for p in exclude}
     seen: set[str] = set()
@@ -341,7 +405,11 @@ def walk_images(root: str | Path, *, recursive: bool = True, exclude: Iterable[P
             if entry.name.startswith("."):
                 continue
             sub_rel = f"{rel}/{entry.name}" if rel else entry.name
-            if entry.is_dir(follow_symlinks=True):
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:  # a symlink loop (ELOOP): not a folder; named when it is read
+                is_dir = False
+            if is_dir:
                 if recursive:
                     yield from visit(entry.path, sub_rel)
             elif _is_image_name(entry.name):

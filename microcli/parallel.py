@@ -41,6 +41,14 @@ def _chunk_worker(args):
     return [fn(i) for i in items]
 
 
+class _Flush:
+    def __repr__(self) -> str:
+        return "FLUSH"
+
+
+FLUSH = _Flush()  # an item that asks bounded_map to hand over everything before it (see there)
+
+
 def bounded_map(fn: Callable, items: Iterable, *, workers: int, chunk: int = 8, ahead: int = 8,
                 threads: bool = False) -> Iterator:
     """map(fn, items) in order, in `workers` processes (0: here), at most `ahead` chunks in flight.
@@ -50,6 +58,10 @@ def bounded_map(fn: Callable, items: Iterable, *, workers: int, chunk: int = 8, 
 
     Unlike Executor.map, which submits every item at once, this consumes `items` lazily (a `find` pipe
     may still be running) and keeps memory flat however many files there are.
+
+    An item that is `FLUSH` is not given to `fn`: the results of all items before it are yielded (a
+    partly filled chunk is sent off at once), then FLUSH itself, so the consumer can act on what is
+    ready (predict writes its rows when its input stalls).
 
     Parameters
     ----------
@@ -72,12 +84,20 @@ def bounded_map(fn: Callable, items: Iterable, *, workers: int, chunk: int = 8, 
         chunk's turn comes.
     """
     if workers <= 0:
-        yield from map(fn, items)
+        yield from (it if it is FLUSH else fn(it) for it in items)
         return
     with (ThreadPoolExecutor if threads else ProcessPoolExecutor)(workers) as pool:
         queue: deque = deque()
         buf: list = []
         for it in items:
+            if it is FLUSH:
+                if buf:
+                    queue.append(pool.submit(_chunk_worker, (fn, buf)))
+                    buf = []
+                while queue:
+                    yield from queue.popleft().result()
+                yield FLUSH
+                continue
             buf.append(it)
             if len(buf) >= chunk:
                 queue.append(pool.submit(_chunk_worker, (fn, buf)))

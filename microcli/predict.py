@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import glob
 import os
+import queue
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from .inputs import InputSpec, fit_array, load_for_model, prepare_or_error, to_chw
-from .parallel import bounded_map
+from .inputs import InputSpec, fit_array, load_for_model, prepare_or_error, range_warning, to_chw
+from .parallel import FLUSH, bounded_map
 from .errors import UsageError, describe
 from .inference import Predictor
 from .io import IMAGE_EXTENSIONS, find_images
@@ -28,6 +31,7 @@ class Prediction:
     probs: np.ndarray | None = None  # (K,) softmax, aggregated over tiles when tiling
     error: str | None = None
     tiles: list[tuple[int, int, np.ndarray]] | None = None  # (x, y, probs) per tile
+    warning: str | None = None  # e.g. values far outside the training range (inputs.range_warning)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray]] | st
         coords = [(x, y) for y in ys for x in xs]
         tiles = [to_chw(fit_array(arr[y:y + tile.size, x:x + tile.size], spec.img_size, spec.fit)) for x, y in coords]
         return coords, tiles
+    except UsageError:  # a bad setting, not a bad file (see prepare_or_error)
+        raise
     except Exception as exc:
         return describe(path, exc)
 
@@ -105,23 +111,37 @@ def aggregate(probs: np.ndarray, how: str) -> np.ndarray:
 
 def predict_stream(predictor: Predictor, paths: Iterable[str], *, batch_size: int = 64, workers: int = 0,
                    tile: TileSpec | None = None, max_pixels: int | None = None, threads: bool = True,
-                   on_path: Callable[[str], None] | None = None) -> Iterator[Prediction]:
+                   on_path: Callable[[str], None] | None = None,
+                   flush_after: float | None = None) -> Iterator[Prediction]:
     """One Prediction per path, in order, streamed batch by batch. Files are decoded by `workers`
     threads (or processes, threads=False) while the model runs. `on_path` sees each path before it is
-    read (the output's guard against overwriting an input)."""
+    read (the output's guard against overwriting an input).
+
+    `flush_after` (seconds; for paths from a pipe): `paths` is read on a background thread, and when a
+    path has waited that long with no next path in sight, the images already read are predicted and
+    yielded at once instead of waiting for a full batch (`mark_stalls`). A fast source never stalls, so
+    it keeps its full batches.
+    """
     spec: InputSpec = predictor.spec
+    if flush_after is not None:
+        paths = mark_stalls(paths, flush_after)
     if on_path is not None:
         paths = _tap(paths, on_path)
     if tile is None:
-        args = ((p, spec, max_pixels) for p in paths)
+        args = (p if p is FLUSH else (p, spec, max_pixels) for p in paths)
         results = bounded_map(_prepare_with_path, args, workers=workers, chunk=16, threads=threads)
     else:
-        args = ((p, spec, tile, max_pixels) for p in paths)
+        args = (p if p is FLUSH else (p, spec, tile, max_pixels) for p in paths)
         results = bounded_map(_tiles_with_path, args, workers=workers, chunk=1, ahead=2 * max(workers, 1),
                               threads=threads)
     pending: list[tuple[str, object]] = []
     n_arrays = 0
-    for path, got in results:
+    for result in results:
+        if result is FLUSH:
+            yield from _flush(predictor, pending, tile, batch_size)
+            pending, n_arrays = [], 0
+            continue
+        path, got = result
         pending.append((path, got))
         if not isinstance(got, str):
             n_arrays += len(got[1]) if tile else 1
@@ -131,10 +151,46 @@ def predict_stream(predictor: Predictor, paths: Iterable[str], *, batch_size: in
     yield from _flush(predictor, pending, tile, batch_size)
 
 
-def _tap(paths: Iterable[str], fn: Callable[[str], None]) -> Iterator[str]:
+def _tap(paths: Iterable, fn: Callable[[str], None]) -> Iterator:
     for p in paths:
-        fn(p)
+        if p is not FLUSH:
+            fn(p)
         yield p
+
+
+def mark_stalls(items: Iterable, after: float) -> Iterator:
+    """`items`, read on a daemon thread, with `parallel.FLUSH` inserted when the oldest item handed out
+    since the last FLUSH is `after` seconds old and the next item has not arrived. While items keep
+    coming (a folder, a fast `find`) no FLUSH is inserted; a slow pipe gets one per pause, so nothing
+    waits longer than about `after` for a batch to fill. An error in `items` is raised here."""
+    box: queue.Queue = queue.Queue()
+    end = object()
+
+    def read() -> None:
+        try:
+            for it in items:
+                box.put((it, None))
+            box.put((end, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            box.put((end, exc))
+
+    threading.Thread(target=read, name="microcli-input", daemon=True).start()
+    since = None  # when the oldest item not yet flushed was handed out
+    while True:
+        try:
+            wait = None if since is None else max(0.0, after - (time.monotonic() - since))
+            it, exc = box.get(timeout=wait)
+        except queue.Empty:
+            yield FLUSH
+            since = None
+            continue
+        if it is end:
+            if exc is not None:
+                raise exc
+            return
+        if since is None:
+            since = time.monotonic()
+        yield it
 
 
 def _prepare_with_path(args):
@@ -155,14 +211,18 @@ def _flush(predictor: Predictor, pending, tile: TileSpec | None, batch_size: int
     for path, got in pending:
         if isinstance(got, str):
             yield Prediction(path, error=got)
-        elif tile is None:
-            yield Prediction(path, probs[i])
+            continue
+        warning = range_warning([got] if tile is None else got[1], predictor.spec)
+        warning = f"{path}: {warning}" if warning else None
+        if tile is None:
+            yield Prediction(path, probs[i], warning=warning)
             i += 1
         else:
             coords, tiles = got
             p = probs[i:i + len(tiles)]
             i += len(tiles)
-            yield Prediction(path, aggregate(p, tile.aggregate), tiles=[(x, y, q) for (x, y), q in zip(coords, p)])
+            yield Prediction(path, aggregate(p, tile.aggregate), tiles=[(x, y, q) for (x, y), q in zip(coords, p)],
+                             warning=warning)
 
 
 def prediction_row(pred: Prediction, classes: list[str], *, top_k: int = 1, all_probs: bool = False,

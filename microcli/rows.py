@@ -66,6 +66,7 @@ class RowSink:
         self.output = Path(output) if output is not None else None
         self._inputs: set[str] = set()
         self._tmp: Path | None = None
+        self._append_from: int | None = None  # the size of the file appended to, before this run
         self.writer_format_hint = {"csv": ".csv", "tsv": ".tsv", "jsonl": ".jsonl"}.get(fmt, fmt)
         if self.output is None:
             if append:
@@ -87,7 +88,8 @@ class RowSink:
             raise OutputExistsError(f"{out}: exists; use --force to replace it or --append to add rows")
         out.parent.mkdir(parents=True, exist_ok=True)
         if append:
-            return open(out, "a", newline="", encoding="utf-8"), not (exists and out.stat().st_size)
+            self._append_from = out.stat().st_size if exists else 0
+            return open(out, "a", newline="", encoding="utf-8"), not self._append_from
         self._tmp = out.with_name(f".{out.name}{TMP_MARK}{os.getpid()}")
         return open(self._tmp, "w", newline="", encoding="utf-8"), True
 
@@ -96,7 +98,10 @@ class RowSink:
         if self.output is not None:
             self._inputs.add(os.path.realpath(path))
             if os.path.realpath(self.output) in self._inputs:
-                raise OutputExistsError(f"--output {self.output}: is one of the input images; choose another "
+                if self._append_from is not None:  # rows already appended to an input: take them back
+                    self.fh.flush()
+                    os.truncate(self.output, self._append_from)
+                raise OutputExistsError(f"--output {self.output}: is one of the inputs; choose another "
                                         "file name")
 
     def write(self, row: dict) -> None:

@@ -22,14 +22,27 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)  # tables for people
 
 
+def say(label: str, message: str) -> None:
+    """One line on stderr: `label` (rich markup) then `message` as plain text. The message is never
+    wrapped (a long path stays on the line it names) nor read as markup (a file may be named 'a[1].png')."""
+    from rich.markup import escape
+
+    err.print(f"{label} {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
 def abort(message: str, code: int = 1) -> NoReturn:
     """One red line on stderr, then exit with `code` (1 error, 2 usage)."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    say("[bold red]error:[/]", message)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    say("[yellow]warning:[/]", message)
+
+
+def failed(message: str) -> None:
+    """The line naming one input that failed (the batch goes on)."""
+    say("[red]failed:[/]", message)
 
 
 @contextlib.contextmanager

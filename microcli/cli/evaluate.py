@@ -8,7 +8,7 @@ import typer
 
 from ..options import Device, Precision, ReportFormat, Split
 from .common import (DeviceOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, WorkersOpt, err,
-                     errors_to_exit, out, progress)
+                     errors_to_exit, failed, out, progress, say, warn)
 
 def evaluate(
     model: ModelArg,
@@ -64,10 +64,12 @@ def evaluate(
                                   on_progress=lambda d, t: bar.update(task, completed=d, total=t))
         report = result.report
         for label, n in sorted(result.unknown.items()):
-            err.print(f"[yellow]excluded:[/] {n} image(s) labelled {label!r}, a class this model does not know "
-                      f"(its classes: {', '.join(result.classes)})", markup=True)
+            say("[yellow]excluded:[/]", f"{n} image(s) labelled {label!r}, a class this model does not know "
+                                        f"(its classes: {', '.join(result.classes)})")
         for _, why in result.failures:
-            err.print(f"[red]failed:[/] {why}", markup=True)
+            failed(why)
+        for message in result.warnings:
+            warn(message)
         files = {"json": json_file, "per_class": csv_file, "confusion_csv": confusion_csv,
                  "misclassified": misclassified, "plot": plot}
         for kind, path in files.items():

@@ -9,7 +9,8 @@ import typer
 
 from ..options import Aggregate, Device, OnError, Precision, RowFormat
 from .common import (DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
-                     ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream)
+                     ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream, warn)
+from .common import failed as report_failure
 
 
 def predict(
@@ -48,7 +49,7 @@ def predict(
 
     Columns: path, class, confidence [, uncertain] [, top2_class, top2_confidence, ...] [, p_<class>...].
     An unreadable file gives a row with an "error" field (jsonl) or a line on stderr (csv/tsv); the other
-    files are still predicted and the exit code is 3.
+    files are still predicted and the exit code is 3 (1 when every input failed).
 
     Examples:
 
@@ -62,13 +63,14 @@ def predict(
     """
     from ..checkpoint import load_bundle
     from ..inference import Predictor, set_threads
-    from ..io import atomic_open
+    from ..io import atomic_open, resolve_max_pixels
     from ..parallel import auto_workers
     from ..predict import TileSpec, expand_inputs, parse_shard, predict_stream, prediction_row, row_columns, shard_of
     from ..rows import RowSink, tile_rows
 
     failed = done = 0
     with errors_to_exit(), quiet_broken_pipe():
+        max_pixels = resolve_max_pixels(max_pixels)  # a bad MICROCLI_MAX_PIXELS: one message, exit 2
         k_n = parse_shard(shard)
         set_threads(threads)
         predictor = Predictor(load_bundle(model), device=device.value, precision=precision.value)
@@ -81,20 +83,26 @@ def predict(
             tile_w = csv.writer(tile_fh) if tile_fh else None
             if tile_w:
                 tile_w.writerow(["path", "x", "y", "class", *[f"p_{c}" for c in classes]])
+            # Paths from a pipe may come slowly: rows for what is ready go out when it pauses (0.2 s).
+            stall = 0.2 if "-" in inputs else None
             for pred in predict_stream(predictor, paths, batch_size=batch_size, workers=auto_workers(workers, threads=True),
-                                       tile=tiles, max_pixels=max_pixels, on_path=sink.note_input):
+                                       tile=tiles, max_pixels=max_pixels, on_path=sink.note_input, flush_after=stall):
                 sink.write(prediction_row(pred, classes, top_k=top_k, all_probs=all_probs,
                                           min_confidence=min_confidence))
                 if pred.error:
                     failed += 1
-                    err.print(f"[red]failed:[/] {pred.error}", markup=True)
+                    report_failure(pred.error)
                     if on_error == OnError.fail:
                         sink.commit()
                         abort(f"stopping at the first failure (--on-error fail); {done} rows written", 1)
                 else:
                     done += 1
+                    if pred.warning:
+                        warn(pred.warning)
                     if tile_w and pred.tiles:
                         tile_w.writerows(tile_rows(pred.path, pred.tiles, classes))
+    if failed and done == 0:
+        abort(f"all {failed} input(s) failed; nothing was predicted", 1)
     if failed:
         err.print(f"{failed} of {failed + done} input(s) failed")
         raise typer.Exit(3)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .common import (ForceOpt, MaxPixelsOpt, NullOpt, QuietOpt, WorkersOpt, abort, err, errors_to_exit,
-                     out, progress, stdin_stream)
+                     failed, out, progress, stdin_stream, warn)
 
 
 def list_ops() -> None:
@@ -49,7 +49,8 @@ def preprocess(
 
     Outputs mirror the input tree under OUT; TIFF stays TIFF, everything else becomes PNG; 16-bit in gives
     16-bit out, binary results (canny, threshold) are 8-bit 0/255. The resolved pipeline is saved as
-    OUT/pipeline.json, which `--pipeline` and `microcli train --preprocess` accept.
+    OUT/pipeline.json, which `--pipeline` and `microcli train --preprocess` accept; an OUT whose
+    pipeline.json holds other steps is refused without --force.
 
     Examples:
 
@@ -59,10 +60,10 @@ def preprocess(
 
       find . -name '*.tif' -print0 | microcli preprocess - -0 -o out --op denoise:method=nlm
     """
-    from ..io import find_images
+    from ..io import find_images, resolve_max_pixels
     from ..parallel import auto_workers
     from ..preprocess import Pipeline
-    from ..preprocess.batch import plan_jobs, run_batch, summarize
+    from ..preprocess.batch import PIPELINE_FILE, plan_jobs, run_batch, summarize, write_pipeline_file
 
     if list_:
         list_ops()
@@ -72,6 +73,7 @@ def preprocess(
     if out_dir is None:
         abort("missing --out/-o OUTPUT_FOLDER", 2)
     with errors_to_exit():
+        max_pixels = resolve_max_pixels(max_pixels)  # a bad MICROCLI_MAX_PIXELS: one message, exit 2
         if pipeline_file is not None:
             if op:
                 abort("give either --op or --pipeline, not both", 2)
@@ -84,8 +86,8 @@ def preprocess(
         if not found:
             abort("no images found in " + ", ".join(inputs), 1)
         plan = plan_jobs(found, out_dir, force=force)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "pipeline.json").write_text(pipeline.to_json() + "\n")
+        new_dir = not out_dir.exists()
+        new_file = write_pipeline_file(out_dir, pipeline, force=force)
         summary = None
         with progress(quiet) as bar:
             task = bar.add_task("preprocess", total=len(plan))
@@ -93,12 +95,18 @@ def preprocess(
             for result, summary in summarize(run_batch(plan, pipeline, workers=n, max_pixels=max_pixels,
                                                        force=force)):
                 for w in result.warnings:
-                    err.print(f"[yellow]warning:[/] {w}", markup=True)
+                    warn(w)
                 if not result.ok:
-                    err.print(f"[red]failed:[/] {result.error}", markup=True)
+                    failed(result.error)
                 bar.advance(task)
     err.print(f"{summary.done} written, {summary.failed} failed, {summary.seconds:.1f} s, "
               f"{summary.files_per_s:.1f} files/s -> {out_dir}")
+    if summary.failed and not summary.done:
+        if new_file:  # leave OUT as it was: nothing was made by this pipeline
+            (out_dir / PIPELINE_FILE).unlink(missing_ok=True)
+            if new_dir and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+        abort(f"all {summary.failed} input(s) failed; nothing was written", 1)
     if summary.failed:
         raise typer.Exit(3)
 

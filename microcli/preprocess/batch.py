@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OutputExistsError, UsageError, describe
-from ..io import TIFF_EXTENSIONS, FoundImage, read_image, write_image
+from ..errors import MicrocliError, OpError, OutputExistsError, UsageError, describe
+from ..io import TIFF_EXTENSIONS, FoundImage, atomic_open, read_image, write_image
 from ..parallel import bounded_map
 from .pipeline import Pipeline
 
@@ -76,14 +76,70 @@ def plan_jobs(found: Iterable[FoundImage], out_dir: str | Path, *, force: bool =
     return jobs
 
 
+PIPELINE_FILE = "pipeline.json"
+
+
+def write_pipeline_file(out_dir: str | Path, pipeline: Pipeline, *, force: bool = False) -> bool:
+    """Write OUT/pipeline.json, the steps that made the files in OUT, before any of them is written.
+
+    An existing pipeline.json with the same steps is kept (adding files made the same way to OUT keeps it
+    true); one with other steps is replaced only with `force`, since it describes the files already there.
+    Returns True when this call created the file.
+
+    Raises
+    ------
+    OutputExistsError : OUT/pipeline.json describes another pipeline and `force` is not set.
+    """
+    path = Path(out_dir) / PIPELINE_FILE
+    existed = path.exists()
+    if existed:
+        try:
+            old = Pipeline.from_json(path.read_text(encoding="utf-8"))
+        except (MicrocliError, OSError, UnicodeDecodeError):
+            old = None
+        if old == pipeline:
+            return False
+        if not force:
+            what = f"the pipeline '{old}'" if old is not None else "something this microcli cannot read"
+            raise OutputExistsError(f"{path}: exists and describes {what}, not '{pipeline}' (the files already in "
+                                    f"{out_dir} were made by it); use --force to replace it, or another --out folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as fh:
+        fh.write(pipeline.to_json() + "\n")
+    return not existed
+
+
+def output_bit_depth(input_depth: int, target: str) -> int:
+    """8 in, 8 out; 16 in, 16 out; float in, float32 TIFF out with the values unclipped (a float TIFF in
+    raw units, 0..1000 say, would otherwise become a white 16-bit image)."""
+    if input_depth == 32 and Path(target).suffix.lower() in TIFF_EXTENSIONS:
+        return 32
+    return 16 if input_depth >= 16 else 8
+
+
+def _check_float_range(path: str, data, pipeline: Pipeline) -> None:
+    """OpError when a float image outside [0, 1] would reach an op that clips to [0, 1]."""
+    step = pipeline.clipping_step()
+    if step is None:
+        return
+    lo, hi = float(data.min()), float(data.max())
+    if lo < 0 or hi > 1:
+        raise OpError(f"{path}: float image with values in [{lo:.4g}, {hi:.4g}]; op '{step.op}' works on [0, 1] "
+                      "and would clip them: put 'stretch' before it, or rescale the image to [0, 1]")
+
+
 def process_one(job: Job, pipeline: Pipeline, max_pixels: int | None, force: bool) -> FileResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             img = read_image(job.source, max_pixels=max_pixels)
+            if img.bit_depth == 32:
+                _check_float_range(job.source, img.data, pipeline)
             out = pipeline.apply(img.data)
-            write_image(job.target, out, bit_depth=16 if img.bit_depth >= 16 else 8, overwrite=force)
+            write_image(job.target, out, bit_depth=output_bit_depth(img.bit_depth, job.target), overwrite=force)
             error = None
+        except UsageError:  # a bad setting (MICROCLI_MAX_PIXELS), not a bad file: stop the batch
+            raise
         except Exception as exc:  # one bad image never kills the batch; the message still names it
             error = describe(job.source, exc)
     return FileResult(job.source, job.target, error, tuple(str(w.message) for w in caught))

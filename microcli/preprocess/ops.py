@@ -155,6 +155,8 @@ class OpSpec:
     gray_only: bool = False  # colour input is converted to luma first
     binary: bool = False  # output is a mask, written as 8-bit 0/255
     channel_axis: bool = False  # the skimage call handles colour natively
+    unit_range: bool = False  # works on [0, 1] and clips anything else (raw-unit float images must not reach it)
+    normalises: bool = False  # output lies in [0, 1] whatever the input's range
     check: Callable[[dict], None] | None = field(default=None, repr=False)  # cross-parameter rule
 
     def validate(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -493,7 +495,7 @@ def canny(image, *, sigma, low, high, quantile):
 # --- intensity ---------------------------------------------------------------------------------------
 
 @op("equalize", "Global histogram equalisation (skimage.exposure.equalize_hist).",
-    Param("bins", int, 256, "histogram bins", 2, 65536))
+    Param("bins", int, 256, "histogram bins", 2, 65536), normalises=True)
 def equalize(image, *, bins):
     """Global histogram equalisation (`skimage.exposure.equalize_hist`): output values in (0, 1].
 
@@ -517,10 +519,11 @@ def equalize(image, *, bins):
     return equalize_hist(image, nbins=bins).astype(np.float32)
 
 
-@op("clahe", "Contrast-limited adaptive histogram equalisation (skimage.exposure.equalize_adapthist).",
+@op("clahe", "Contrast-limited adaptive histogram equalisation (skimage.exposure.equalize_adapthist); "
+             "input in [0, 1]; a flat (constant) image comes out white.",
     Param("clip", float, 0.01, "clip limit (higher = more contrast)", 0, 1, low_open=True),
     Param("kernel", int, None, "tile size in pixels (auto: 1/8 of the image)", 2, None, optional=True),
-    Param("bins", int, 256, "histogram bins", 2, 65536), channel_axis=True)
+    Param("bins", int, 256, "histogram bins", 2, 65536), channel_axis=True, unit_range=True)
 def clahe(image, *, clip, kernel, bins):
     """Contrast-limited adaptive histogram equalisation (`skimage.exposure.equalize_adapthist`).
 
@@ -556,7 +559,7 @@ def _check_stretch(v: dict) -> None:
 @op("stretch", "Contrast stretch: the low..high percentiles map to 0..1 (skimage.exposure.rescale_intensity); "
                "evens out exposure between images.",
     Param("low", float, 1.0, "lower percentile", 0, 100), Param("high", float, 99.0, "upper percentile", 0, 100),
-    channel_axis=True, check=_check_stretch)
+    channel_axis=True, check=_check_stretch, normalises=True)
 def stretch(image, *, low, high):
     """Contrast stretch (`skimage.exposure.rescale_intensity`): the low..high percentiles map to 0..1.
 
@@ -586,7 +589,7 @@ def stretch(image, *, low, high):
 
 
 @op("gamma", "Gamma correction out = in ** gamma (skimage.exposure.adjust_gamma).",
-    Param("gamma", float, 1.0, "exponent (<1 brightens)", 0, 10, low_open=True), channel_axis=True)
+    Param("gamma", float, 1.0, "exponent (<1 brightens)", 0, 10, low_open=True), channel_axis=True, unit_range=True)
 def gamma(image, *, gamma):
     """Gamma correction, ``out = in ** gamma`` after clipping to [0, 1] (`skimage.exposure.adjust_gamma`).
 
@@ -633,7 +636,7 @@ def threshold(image, *, method, invert):
     return image <= level if invert else image > level
 
 
-@op("invert", "Invert intensities (1 - value, skimage.util.invert).", channel_axis=True)
+@op("invert", "Invert intensities (1 - value, skimage.util.invert).", channel_axis=True, unit_range=True)
 def invert(image):
     """Invert intensities, ``1 - value`` after clipping to [0, 1] (what `skimage.util.invert` does to floats).
 

@@ -246,6 +246,18 @@ class Pipeline:
         """True when the last step makes a mask (canny, threshold), written as 8-bit 0/255."""
         return bool(self.steps) and OPS[self.steps[-1].op].binary
 
+    def clipping_step(self) -> Step | None:
+        """The first step that clips its input to [0, 1] (clahe, gamma, invert) before any step has
+        brought the values into that range (stretch, equalize, a binary op); None if there is none.
+        A float image in raw units (0..1000, say) must not reach it: it would come out flat."""
+        for step in self.steps:
+            spec = OPS[step.op]
+            if spec.unit_range:
+                return step
+            if spec.normalises or spec.binary:
+                return None
+        return None
+
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Run every step in order (see `Step.apply`); an empty pipeline returns `image` itself.
 
