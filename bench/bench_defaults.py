@@ -1,0 +1,90 @@
+"""What `microcli train DATA -o RUN` with no tuning flags gives, next to the defaults of version 0.1.
+
+    python bench/bench_defaults.py neu [--time 10]          # NEU-DET, file-number split, test accuracy
+    python bench/bench_defaults.py tiles [--time 20]        # magnetic-tile, grouped 5-fold cross-validation
+
+neu: trains the default recipe within --time minutes on files 1-240 of each class (201-240 validate)
+and tests on files 241-300 (360 images), as bench/neu_det.py does. tiles: grouped 5-fold
+cross-validation of the default recipe (--folds 5 --time MIN) and of version 0.1's defaults (LeNet, 30
+epochs, no sampling, no EMA, no preprocessing), and prints out-of-fold macro-F1 and balanced accuracy
+with their 95 % intervals over folds. Data: ../shared/datasets (never copied into the project).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# microcli 0.1's defaults, spelled out (it had no recipe, sampler or EMA).
+V01 = ["--arch", "lenet", "--epochs", "30", "--batch-size", "64", "--fit", "resize", "--preprocess", "none",
+       "--sampler", "uniform", "--no-ema"]
+
+
+def microcli(*args: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "microcli", *args], check=True)
+    return (time.perf_counter() - t0) / 60
+
+
+def neu(out: Path, minutes: float) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from neu_det import write_manifest
+
+    manifest = write_manifest(out / "neu-manifest.csv")
+    run = out / "neu-default"
+    took = microcli("train", str(manifest), "-o", str(run), "--force", "--time", str(minutes))
+    microcli("evaluate", str(run), str(manifest), "--split", "test", "--json", str(run / "test_report.json"))
+    o = json.loads((run / "test_report.json").read_text())["overall"]
+    lo, hi = o["ci95"]["accuracy"]
+    print(f"NEU-DET, default recipe, --time {minutes:g}: test accuracy {100 * o['accuracy']:.2f} % "
+          f"(95 % interval {100 * lo:.1f}-{100 * hi:.1f}), macro-F1 {o['macro_f1']:.4f}; "
+          f"train {took:.1f} min (whole command)")
+
+
+def tiles(out: Path, minutes: float) -> None:
+    root = SHARED / "magnetic-tile"
+    manifest = out / "tiles-manifest.csv"
+    with open(root / "manifest.csv") as src, open(manifest, "w", newline="") as dst:
+        w = csv.writer(dst)
+        w.writerow(["path", "label", "group"])
+        w.writerows([str(root / r["path"]), r["label"], r["group"]] for r in csv.DictReader(src))
+    rows = []
+    for name, extra in (("default recipe", ["--time", str(minutes)]), ("version 0.1 defaults", V01)):
+        run = out / ("tiles-" + name.split()[0])
+        took = microcli("train", str(manifest), "-o", str(run), "--force", "--folds", "5", *extra)
+        rep = json.loads((run / "cv_report.json").read_text())
+        rows.append((name, rep, took))
+    print(f"\nmagnetic-tile, grouped 5-fold cross-validation (out-of-fold, mean over folds and 95 % interval)")
+    for name, rep, took in rows:
+        s = rep["folds"]["summary"]
+        cells = [f"{m} {s[m]['mean']:.3f} ({s[m]['ci95'][0]:.3f}-{s[m]['ci95'][1]:.3f})"
+                 for m in ("macro_f1", "balanced_accuracy")]
+        print(f"  {name:22} {'; '.join(cells)}; pooled accuracy {100 * rep['overall']['accuracy']:.1f} %; "
+              f"{took:.1f} min")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("which", choices=["neu", "tiles"])
+    ap.add_argument("--time", type=float, default=None, help="minutes (neu: 10; tiles: 20 for all 5 folds)")
+    ap.add_argument("-o", "--out", default="runs/bench-defaults")
+    args = ap.parse_args()
+    data = SHARED / ("neu-det" if args.which == "neu" else "magnetic-tile")
+    if not data.is_dir():
+        sys.exit(f"{data} not found: this bench needs ../shared/datasets")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.which == "neu":
+        neu(out, args.time or 10)
+    else:
+        tiles(out, args.time or 20)
+
+
+if __name__ == "__main__":
+    main()
