@@ -95,3 +95,18 @@ class Aggregate(Choice):
 class OnError(Choice):
     continue_ = "continue"
     fail = "fail"
+
+
+class Engine(Choice):
+    """What runs the network (see microcli.engines)."""
+
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+class ExportFormat(Choice):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    bioimageio = "bioimageio"

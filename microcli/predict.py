@@ -18,7 +18,7 @@ import numpy as np
 from .inputs import InputSpec, fit_array, load_for_model, prepare_or_error, to_chw
 from .parallel import bounded_map
 from .errors import UsageError, describe
-from .inference import Predictor
+from .engines import Predictor
 from .io import IMAGE_EXTENSIONS, find_images
 
 

@@ -7,6 +7,7 @@ import typer
 from .. import __version__
 from .common import EXIT_CODES
 from .evaluate import evaluate
+from .export import export
 from .info import info
 from .predict import predict
 from .preprocess import list_ops, preprocess
@@ -15,7 +16,7 @@ from .train import train
 
 app = typer.Typer(
     name="microcli",
-    help="Classify micrographs: classical filters, CNN training, evaluation and batch prediction.\n\n"
+    help="Classify micrographs: classical filters, CNN training, evaluation, batch prediction and export.\n\n"
     + EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
@@ -44,6 +45,7 @@ app.command()(train)
 app.command()(evaluate)
 app.command()(predict)
 app.command()(info)
+app.command()(export)
 
 
 def main() -> None:
