@@ -92,13 +92,23 @@ def tta_arrays(x: np.ndarray) -> list[np.ndarray]:
 
 # --- engines ---------------------------------------------------------------------------------------------
 
+_IMPORTABLE: dict[str, bool] = {}
+
+
 def installed(engine: str) -> bool:
-    """True when the runtime `engine` needs can be imported (torch: always)."""
+    """True when the runtime `engine` needs imports (torch: always). An import, not a look for the files:
+    a runtime that is there but broken (a missing shared library) counts as absent."""
     if engine == "torch":
         return True
-    import importlib.util
+    if engine not in _IMPORTABLE:
+        import importlib
 
-    return importlib.util.find_spec(RUNTIMES[engine]) is not None
+        try:
+            importlib.import_module(RUNTIMES[engine])
+            _IMPORTABLE[engine] = True
+        except Exception:
+            _IMPORTABLE[engine] = False
+    return _IMPORTABLE[engine]
 
 
 def onnx_session(onnx_model: bytes | str, *, threads: int = 0):
@@ -129,6 +139,11 @@ def openvino_compiled(onnx_model: bytes | str, *, threads: int = 0):
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": threads or (os.cpu_count() or 1)}
     return core.compile_model(model, "CPU", config)
+
+
+def first_runtime() -> str | None:
+    """The first installed CPU runtime in `AUTO_ORDER` (only the ones tried are imported), or None."""
+    return next((e for e in AUTO_ORDER if installed(e)), None)
 
 
 class OnnxRuntimeEngine:
@@ -176,7 +191,7 @@ def resolve_engine(engine: str, model: ModelFile, *, device: str = "auto", preci
     say = on_message or (lambda text: None)
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r} (choices: {', '.join(ENGINES)})")
-    runtimes = [e for e in AUTO_ORDER if installed(e)]
+    fallback = first_runtime()
     if model.kind == "onnx":
         if engine == "torch":
             raise UsageError(f"--engine torch cannot run an ONNX file ({model.path}); use onnxruntime or openvino, "
@@ -185,11 +200,11 @@ def resolve_engine(engine: str, model: ModelFile, *, device: str = "auto", preci
             raise UsageError(f"--device {device}: ONNX files run on the CPU here; use the .pt bundle for {device}")
         if engine != "auto" and installed(engine):
             return engine
-        if not runtimes:
+        if fallback is None:
             raise NotInstalledError(f"{model.path}: running ONNX files needs onnxruntime or openvino: {FAST_EXTRA}")
         if engine != "auto":
-            say(f"--engine {engine}: {RUNTIMES[engine]} is not installed ({FAST_EXTRA}); using {runtimes[0]}")
-        return runtimes[0]
+            say(f"--engine {engine}: {RUNTIMES[engine]} is not installed ({FAST_EXTRA}); using {fallback}")
+        return fallback
     if model.kind == "torchscript":
         if engine not in ("auto", "torch"):
             say(f"--engine {engine} runs ONNX; a TorchScript file runs with torch")
@@ -201,11 +216,12 @@ def resolve_engine(engine: str, model: ModelFile, *, device: str = "auto", preci
         raise UsageError(f"--engine {engine} runs on the CPU; with --device {device} use --engine torch")
     if engine == "auto":
         fp32 = precision in ("auto", "fp32")
-        return runtimes[0] if runtimes and fp32 and _resolves_to_cpu(device) else "torch"
+        return fallback if fallback and fp32 and _resolves_to_cpu(device) else "torch"
     if installed(engine):
         return engine
-    say(f"--engine {engine}: {RUNTIMES[engine]} is not installed ({FAST_EXTRA}); using torch")
-    return "torch"
+    instead = fallback or "torch"
+    say(f"--engine {engine}: {RUNTIMES[engine]} is not installed ({FAST_EXTRA}); using {instead}")
+    return instead
 
 
 def _resolves_to_cpu(device: str) -> bool:
@@ -329,9 +345,8 @@ def load_for_engine(model: str | Path, *, engine: str = "auto", device: str = "a
     back as the cached ONNX file: same metadata, no torch needed."""
     from .modelfile import load_model
 
-    runtimes = [e for e in AUTO_ORDER if installed(e)] if engine == "auto" else [engine]
-    if (engine in ENGINES and engine != "torch" and runtimes and installed(runtimes[0])
-            and precision in ("auto", "fp32") and _resolves_to_cpu(device)):
+    runtime = first_runtime() if engine == "auto" else engine if engine in RUNTIMES and installed(engine) else None
+    if runtime is not None and precision in ("auto", "fp32") and _resolves_to_cpu(device):
         hit = cached_model(model)
         if hit is not None:
             return hit

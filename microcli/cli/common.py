@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages name files and extras: "[fast]" is text, not a style
 
 from ..options import Device, Engine, Precision
 
@@ -24,12 +25,12 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)  # ta
 
 def abort(message: str, code: int = 1) -> NoReturn:
     """One red line on stderr, then exit with `code` (1 error, 2 usage)."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False)
 
 
 @contextlib.contextmanager
