@@ -115,28 +115,32 @@ def test_metadata_survives_and_info_reads_exported_files(trained_run, tmp_path):
     assert meta["export"]["opset"] == 17 and meta["export"]["input"]["shape"][0] == "batch"
 
 
+def readme_onnx_example() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("```python\n", text.index("**Running an ONNX file without microcli.**")) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
 @needs_onnx
-def test_onnx_runs_with_onnxruntime_alone_as_the_readme_shows(trained_run, tmp_path):
-    """The README's ten lines: onnxruntime, numpy and Pillow, no microcli; same classes as predict."""
-    import onnxruntime as ort
+def test_the_readme_onnx_example_prepares_images_as_microcli_does(trained_run, tmp_path):
+    """The README's lines, run as they are (onnxruntime, numpy and Pillow, no microcli), on PNGs and on a
+    JPEG large enough for Pillow's reduced-scale decoding: same class and probability as predict."""
     from PIL import Image
 
     out = tmp_path / "model.onnx"
     assert runner.invoke(app, ["export", str(trained_run), "-o", str(out)]).exit_code == 0
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    meta = json.loads(sess.get_modelmeta().custom_metadata_map["microcli"])
-    size, classes = meta["input"]["img_size"], meta["classes"]
-    files = sorted(str(p) for p in (SAMPLE / "lamellar").glob("*.png"))[:6]
-    got = []
-    for f in files:
-        img = Image.open(f).convert("F" if meta["input"]["channels"] == 1 else "RGB")
-        x = np.asarray(img, np.float32) / 255  # 8-bit file; a 16-bit one is divided by 65535
-        s = size / min(x.shape[:2])  # shorter side to `size`, centre crop (these samples are square)
-        x = np.asarray(Image.fromarray(x).resize((round(x.shape[1] * s), round(x.shape[0] * s)), Image.BILINEAR))
-        probs = sess.run(None, {"image": x[None, None]})[0][0]
-        got.append(classes[int(probs.argmax())])
+    code = readme_onnx_example()
+    assert code.count("\n") <= 14
+    files = sorted(str(p) for p in (SAMPLE / "lamellar").glob("*.png"))[:3]
+    files.append(str(tmp_path / "big.jpg"))  # 256 px: decoded at half scale (128 >= the model's 96)
+    Image.open(SAMPLE / "porosity" / "porosity_0000.png").resize((256, 256)).save(files[-1], quality=90)
     ref = predict_rows(trained_run, "--engine", "torch", files=files)
-    assert got == [CLASSES[int(p.argmax())] for p in ref.values()]
+    for f in files:
+        script = code.replace('"model.onnx"', repr(str(out))).replace('"scan.png"', repr(f))
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        cls, conf = r.stdout.split()
+        assert cls == CLASSES[int(ref[f].argmax())]
+        assert float(conf) == pytest.approx(ref[f].max(), abs=2e-6)
 
 
 def test_export_check_rejects_a_different_softmax():
