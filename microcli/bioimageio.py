@@ -80,6 +80,7 @@ def write_package(model: ModelFile, output: Path, *, opset: int, authors: list[s
     }
     rdf = describe_rdf(model, files, opset=opset, authors=authors, license=license)
     files = {NAMES["rdf"]: to_yaml(rdf).encode("utf-8"), **files}
+    output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(output, "wb", durable=True) as fh:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for name, data in files.items():  # our own fixed names: nothing can point outside the zip

@@ -9,9 +9,9 @@ file's bit depth, the classical pipeline applied, fitted to S x S. Normalisation
 the graph, so a program outside microcli only has to reproduce the preparation. The batch size is
 dynamic; the spatial size is S, as in training.
 
-Every export is checked before anything is written: the exported model, run the way microcli runs it,
-must give the PyTorch model's softmax within `TOLERANCE` on a few of the training run's own images,
-at two batch sizes; else `ExportError` and no file.
+Every export is checked before anything is written: the exported model, run the way microcli runs it
+(ONNX: by every installed runtime), must give the PyTorch model's softmax within `TOLERANCE` on a few
+of the training run's own images, at two batch sizes; else `ExportError` and no file.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from . import __version__
 from .errors import CheckpointError, ExportError, NotInstalledError, OutputExistsError, UsageError
 from .inputs import InputSpec, prepare_array
 from .io import atomic_open
-from .engines import onnx_session
+from .engines import OnnxRuntimeEngine, OpenVinoEngine, installed
 from .modelfile import FAST_EXTRA, METADATA_KEY, TORCHSCRIPT_EXTRA, ModelFile, load_model, resolve_model_path
 
 FORMATS = ("onnx", "torchscript", "bioimageio")
@@ -246,13 +246,20 @@ def checked_onnx(model: ModelFile, *, opset: int = DEFAULT_OPSET, n_check: int =
     `x` replaces the check images (`check_arrays`)."""
     if x is None:
         x, source = check_arrays(model, n_check)
+    runtimes = [e for e in ("onnxruntime", "openvino") if installed(e)]
+    if not runtimes:
+        raise NotInstalledError(f"checking an ONNX export needs onnxruntime or openvino: {FAST_EXTRA}")
     ref = _reference(export_net(model), x)
     proto = onnx_proto(model, opset=opset)
-    check: dict[str, Any] = {"images": source, "tolerance": TOLERANCE}
-    sess = onnx_session(_onnx_with_metadata(proto, model, opset, check))
-    got = sess.run(None, {INPUT_NAME: x})[0]
-    one = sess.run(None, {INPUT_NAME: x[:1]})[0]  # a second batch size: the batch axis must be dynamic
-    check["max_abs_diff"] = max(compare(ref, got, "ONNX export"), compare(ref[:1], one, "ONNX export (batch of 1)"))
+    check: dict[str, Any] = {"images": source, "tolerance": TOLERANCE, "runtimes": runtimes}
+    data = _onnx_with_metadata(proto, model, opset, check)
+    diffs = []
+    for name in runtimes:  # every runtime that may run it here: each has its own graph rewrites and kernels
+        engine = OnnxRuntimeEngine(data) if name == "onnxruntime" else OpenVinoEngine(data)
+        diffs.append(compare(ref, engine.probs(x), f"ONNX export ({name})"))
+        # a second batch size: the batch axis must be dynamic
+        diffs.append(compare(ref[:1], engine.probs(x[:1]), f"ONNX export ({name}, batch of 1)"))
+    check["max_abs_diff"] = max(diffs)
     return _onnx_with_metadata(proto, model, opset, check), check
 
 
@@ -343,7 +350,7 @@ def format_for(output: str | Path, fmt: str | None) -> str:
 
 def check_output(output: str | Path, *, source: Path, force: bool) -> Path:
     """The output path after the file rules: never the model read, never a folder, an existing file only
-    with `force`. Its folder is created."""
+    with `force`. Nothing is created here: the folder only when the checked file is written."""
     out = Path(output)
     if out.is_dir():
         raise UsageError(f"-o {output}: is a folder; give a file name")
@@ -351,13 +358,12 @@ def check_output(output: str | Path, *, source: Path, force: bool) -> Path:
         raise OutputExistsError(f"-o {output}: is the model being exported; choose another name")
     if out.exists() and not force:
         raise OutputExistsError(f"{output}: exists; use --force to overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def export_model(model: str | Path, output: str | Path, *, fmt: str | None = None, force: bool = False,
-                 opset: int = DEFAULT_OPSET, authors: list[str] | None = None, license: str | None = None,
-                 on_progress=None) -> ExportResult:
+                 opset: int = DEFAULT_OPSET, authors: list[str] | None = None,
+                 license: str | None = None) -> ExportResult:
     """Export a model bundle: `microcli export` as a function.
 
     Parameters
@@ -368,7 +374,6 @@ def export_model(model: str | Path, output: str | Path, *, fmt: str | None = Non
     force : overwrite an existing output (never the model itself).
     opset : ONNX opset (onnx and bioimageio).
     authors, license : bioimageio only; see `microcli.bioimageio.write_package`.
-    on_progress : called with a short text before each step.
 
     Returns
     -------
@@ -383,7 +388,6 @@ def export_model(model: str | Path, output: str | Path, *, fmt: str | None = Non
     ExportError : the exporter failed, or the exported model disagrees with the bundle.
     """
     t0 = time.perf_counter()
-    say = on_progress or (lambda text: None)
     fmt = format_for(output, fmt)
     source = resolve_model_path(model)
     out = check_output(output, source=source, force=force)
@@ -393,11 +397,10 @@ def export_model(model: str | Path, output: str | Path, *, fmt: str | None = Non
     if fmt == "bioimageio":
         from .bioimageio import write_package
 
-        say("building the bioimage.io package")
         checks, notes = write_package(mf, out, opset=opset, authors=authors, license=license)
         return ExportResult(out, fmt, out.stat().st_size, checks, time.perf_counter() - t0, notes)
-    say(f"exporting to {fmt}")
     data, check = checked_onnx(mf, opset=opset) if fmt == "onnx" else checked_torchscript(mf)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "wb", durable=True) as fh:
         fh.write(data)
     return ExportResult(out, fmt, len(data), {fmt: check}, time.perf_counter() - t0)

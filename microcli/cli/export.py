@@ -45,7 +45,7 @@ def export(
 
     with errors_to_exit():
         result = export_model(model, output, fmt=fmt.value if fmt else None, force=force, opset=opset,
-                              authors=author or None, license=license_, on_progress=lambda text: None)
+                              authors=author or None, license=license_)
     for note in result.notes:
         err.print(f"note: {note}")
     checks = "; ".join(f"{name}: max softmax difference {c['max_abs_diff']:.2g} on {c['images']}"
