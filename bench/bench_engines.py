@@ -155,10 +155,23 @@ def main() -> None:
             calib = np.stack([prepare_array(f, mf.input) for f in train_files[:: len(train_files) // 64][:64]])
             quantize_int8(onnx_file, int8_file, calib)
             print(f"\n{arch}: {bundle}  (export to ONNX: {export_s:.1f} s, whole command)")
+            few = "\n".join(files[:8]) + "\n"
+            cold = {e: microcli("predict", str(bundle), "-", "-o", str(tmp / "few.csv"), "--force", "--engine", e,
+                                stdin=few, env={**env, "MICROCLI_CACHE_DIR": str(tmp / f"cold-{arch}-{e}")})
+                    for e in ("onnxruntime", "openvino")}
+            microcli("predict", str(bundle), "-", "-o", str(tmp / "few.csv"), "--force", stdin=few, env=env)  # warm
 
             if not args.skip_network:
                 check = files[:: max(1, len(files) // checks[arch])][: checks[arch]]
+                t0 = time.perf_counter()
                 x = np.stack([prepare_array(f, mf.input) for f in check])
+                decode_ms = 1000 * (time.perf_counter() - t0) / len(check)
+                one = files[0] + "\n"
+                start = {e: min(microcli("predict", str(bundle), "-", "-o", str(tmp / "one.csv"), "--force", "--engine",
+                                         e, stdin=one, env=env) for _ in range(2)) for e in ("torch", "openvino")}
+                print(f" where the time goes: start-up + 1 image {start['torch']:.2f} s with torch, "
+                      f"{start['openvino']:.2f} s with openvino (no torch import); decoding + preparing "
+                      f"{decode_ms:.2f} ms per image on one core")
                 print(f" network only, {len(x)} NEU-DET images in this process, {args.threads} threads:")
                 t = args.threads
                 ref = network_only("torch fp32 (eager)", TorchEngine(mf, precision="fp32", threads=t), x, None)
@@ -176,12 +189,7 @@ def main() -> None:
             n = images[arch]
             paths = (files * (1 + n // len(files)))[:n] if n > len(files) else files[:: len(files) // n][:n]
             stdin = "\n".join(paths) + "\n"
-            few = "\n".join(paths[:8]) + "\n"
             out = str(tmp / "rows.csv")
-            cold = {e: microcli("predict", str(bundle), "-", "-o", out, "--force", "--engine", e, stdin=few,
-                                env={**env, "MICROCLI_CACHE_DIR": str(tmp / f"cold-{arch}-{e}")})
-                    for e in ("onnxruntime", "openvino")}
-            microcli("predict", str(bundle), "-", "-o", out, "--force", stdin=few, env=env)  # warm the cache
             runs = {
                 "microcli --engine torch": [str(bundle), "--engine", "torch"],
                 "microcli --engine torch --precision bf16": [str(bundle), "--engine", "torch", "--precision", "bf16"],
@@ -189,7 +197,7 @@ def main() -> None:
                 "microcli --engine openvino (= auto)": [str(bundle), "--engine", "openvino"],
                 "microcli model.onnx --engine onnxruntime": [str(onnx_file), "--engine", "onnxruntime"],
                 "microcli model.onnx --engine openvino": [str(onnx_file), "--engine", "openvino"],
-                "microcli int8.onnx --engine openvino": [str(int8_file), "--engine", "openvino"],
+                "int8.onnx --engine openvino (classes differ)": [str(int8_file), "--engine", "openvino"],
             }
             best = {k: float("inf") for k in ["plain loop", *runs]}
             for _ in range(args.runs):

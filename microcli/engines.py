@@ -147,7 +147,7 @@ def first_runtime() -> str | None:
 
 
 class OnnxRuntimeEngine:
-    """onnxruntime's CPU provider with every graph optimisation (`microcli.export.onnx_session`)."""
+    """onnxruntime's CPU provider with every graph optimisation (`onnx_session`)."""
 
     name = "onnxruntime"
     on_cpu = True
@@ -182,45 +182,43 @@ def resolve_engine(engine: str, model: ModelFile, *, device: str = "auto", preci
                    on_message: Callable[[str], None] | None = None) -> str:
     """The engine that will run `model`: 'auto' resolved, a missing runtime replaced by one that works.
 
+    auto: a CPU runtime (`first_runtime`) when the network will run fp32 on the CPU, else torch. A named
+    runtime that is not installed: the other runtime, else torch, with a message through `on_message`.
+
     Raises
     ------
     UsageError : an unknown engine, or one that cannot run this model (torch for an ONNX file, a CPU
-        runtime with --device cuda).
+        runtime with --device cuda or --precision bf16).
     NotInstalledError : an ONNX file and no ONNX runtime installed (the message names the extra).
     """
     say = on_message or (lambda text: None)
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r} (choices: {', '.join(ENGINES)})")
-    fallback = first_runtime()
-    if model.kind == "onnx":
-        if engine == "torch":
-            raise UsageError(f"--engine torch cannot run an ONNX file ({model.path}); use onnxruntime or openvino, "
-                             "or predict from the .pt bundle")
-        if device not in ("auto", "cpu"):
-            raise UsageError(f"--device {device}: ONNX files run on the CPU here; use the .pt bundle for {device}")
-        if engine != "auto" and installed(engine):
-            return engine
-        if fallback is None:
-            raise NotInstalledError(f"{model.path}: running ONNX files needs onnxruntime or openvino: {FAST_EXTRA}")
-        if engine != "auto":
-            say(f"--engine {engine}: {RUNTIMES[engine]} is not installed ({FAST_EXTRA}); using {fallback}")
-        return fallback
+    fp32 = precision in ("auto", "fp32")
     if model.kind == "torchscript":
         if engine not in ("auto", "torch"):
             say(f"--engine {engine} runs ONNX; a TorchScript file runs with torch")
         return "torch"
-    # a bundle: any engine; the CPU runtimes only on the CPU
-    if engine == "torch":
+    if model.kind == "onnx":
+        if engine == "torch":
+            raise UsageError(f"--engine torch cannot run an ONNX file ({model.path}); use onnxruntime or openvino, "
+                             "or predict from the .pt bundle")
+        if device not in ("auto", "cpu") or not fp32:
+            raise UsageError(f"{model.path}: ONNX files run fp32 on the CPU here; for --device {device} "
+                             f"--precision {precision} use the .pt bundle")
+    elif engine == "torch" or (engine == "auto" and not (fp32 and _resolves_to_cpu(device))):
         return "torch"
-    if engine != "auto" and device not in ("auto", "cpu"):
-        raise UsageError(f"--engine {engine} runs on the CPU; with --device {device} use --engine torch")
-    if engine == "auto":
-        fp32 = precision in ("auto", "fp32")
-        return fallback if fallback and fp32 and _resolves_to_cpu(device) else "torch"
-    if installed(engine):
+    elif device not in ("auto", "cpu") or not fp32:
+        raise UsageError(f"--engine {engine} runs fp32 on the CPU; for --device {device} --precision {precision} "
+                         "use --engine torch")
+    if engine != "auto" and installed(engine):
         return engine
-    instead = fallback or "torch"
-    say(f"--engine {engine}: {RUNTIMES[engine]} is not installed ({FAST_EXTRA}); using {instead}")
+    instead = first_runtime()
+    if instead is None and model.kind == "onnx":
+        raise NotInstalledError(f"{model.path}: running ONNX files needs onnxruntime or openvino: {FAST_EXTRA}")
+    instead = instead or "torch"
+    if engine != "auto":
+        say(f"--engine {engine}: {RUNTIMES[engine]} is not installed ({FAST_EXTRA}); using {instead}")
     return instead
 
 
@@ -261,8 +259,6 @@ def make_engine(model: ModelFile, *, engine: str = "torch", device: str = "auto"
         from .inference import TorchEngine
 
         return TorchEngine(model, device=device, precision=precision, channels_last=channels_last, threads=threads)
-    if precision not in ("auto", "fp32"):
-        raise UsageError(f"--precision {precision}: the {name} engine runs fp32; use --engine torch for {precision}")
     source: bytes | str = model.path if model.kind == "onnx" else cached_onnx(model)
     return (OnnxRuntimeEngine if name == "onnxruntime" else OpenVinoEngine)(source, threads=threads)
 

@@ -152,23 +152,41 @@ def test_export_check_rejects_a_different_softmax():
         compare(p, p * np.nan, "ONNX export")
 
 
-@needs_onnx
-def test_bioimageio_package_is_valid(trained_run, tmp_path):
-    spec = pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed")
-    out = tmp_path / "model.zip"
+@pytest.fixture(scope="module")
+def bioimageio_zip(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bioimageio") / "model.zip"
     r = runner.invoke(app, ["export", str(trained_run), "-o", str(out), "--author", "A. Metallographer"])
     assert r.exit_code == 0, r.stderr
-    names = set(zipfile.ZipFile(out).namelist())
-    assert {"rdf.yaml", "weights.onnx", "weights_torchscript.pt", "test_input.npy", "test_output.npy", "cover.png",
-            "README.md", "classes.txt"} <= names
-    descr = spec.load_description(out, perform_io_checks=True)
+    return out
+
+
+@needs_onnx
+def test_bioimageio_package_holds_checked_weights_test_tensors_and_a_cover(trained_run, bioimageio_zip):
+    from PIL import Image
+
+    zf = zipfile.ZipFile(bioimageio_zip)
+    assert set(zf.namelist()) == {"rdf.yaml", "weights.onnx", "weights_torchscript.pt", "test_input.npy",
+                                  "test_output.npy", "sample_input.tif", "sample_output.tif", "cover.png",
+                                  "README.md", "classes.txt"}
+    x, y = np.load(zf.open("test_input.npy")), np.load(zf.open("test_output.npy"))
+    assert x.shape == (1, 1, 96, 96) and y.shape == (1, len(CLASSES))
+    np.testing.assert_allclose(y, Predictor(load_model(trained_run)).probs(x), atol=TOLERANCE)
+    assert zf.read("classes.txt").decode().split() == CLASSES
+    with Image.open(zf.open("cover.png")) as im:
+        assert im.size == (512, 256)
+    rdf = zf.read("rdf.yaml").decode()
+    assert 'format_version: "0.5.4"' in rdf and '- name: "A. Metallographer"' in rdf
+    assert "## Validation" in zf.read("README.md").decode()
+
+
+@needs_onnx
+def test_bioimageio_package_passes_the_spec_validation(bioimageio_zip):
+    spec = pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed")
+    descr = spec.load_description(bioimageio_zip, perform_io_checks=True)
     summary = descr.validation_summary
     assert summary.status in ("valid-format", "passed"), summary.format()
     assert [a.channel_names for a in descr.outputs[0].axes if a.type == "channel"] == [CLASSES]
-    x = np.load(zipfile.ZipFile(out).open("test_input.npy"))
-    y = np.load(zipfile.ZipFile(out).open("test_output.npy"))
-    probs = Predictor(load_model(trained_run)).probs(x)
-    np.testing.assert_allclose(y, probs, atol=TOLERANCE)
+    assert set(descr.weights.available_formats) == {"onnx", "torchscript"}
 
 
 def test_bad_inputs_write_nothing(trained_run, tmp_path):
