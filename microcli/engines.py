@@ -43,6 +43,7 @@ class Engine(Protocol):
 
     name: str
     on_cpu: bool
+    batch: int  # images per call on a CPU
 
     def probs(self, x: np.ndarray) -> np.ndarray:
         """float32 (N, C, S, S) -> float32 (N, K) softmax."""
@@ -191,7 +192,7 @@ def resolve_engine(engine: str, model: ModelFile, *, device: str = "auto", preci
         runtime with --device cuda or --precision bf16).
     NotInstalledError : an ONNX file and no ONNX runtime installed (the message names the extra).
     """
-    say = on_message or (lambda text: None)
+    say = on_message or warn_message
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r} (choices: {', '.join(ENGINES)})")
     fp32 = precision in ("auto", "fp32")
@@ -252,7 +253,8 @@ def make_engine(model: ModelFile, *, engine: str = "torch", device: str = "auto"
     device, precision, channels_last : torch engine only (see `microcli.inference`); the CPU runtimes
         run fp32 (precision 'auto' or 'fp32', else UsageError).
     threads : intra-op threads (0: one per core).
-    on_message : receives one line for each fallback (a runtime that is not installed...).
+    on_message : receives one line for each fallback (a runtime that is not installed...); default: a
+        Python warning.
     """
     name = resolve_engine(engine, model, device=device, precision=precision, on_message=on_message)
     if name == "torch":
@@ -311,10 +313,10 @@ def cached_onnx(model: ModelFile) -> bytes | str:
 
 
 def cached_model(model: str | Path) -> ModelFile | None:
-    """The cached conversion of the bundle `model` as an ONNX ModelFile (path: the bundle's), or None.
+    """The cached conversion of the bundle `model` as an ONNX ModelFile, or None.
 
     Lets a bundle whose conversion is cached start without torch: the cached file carries the bundle's
-    metadata.
+    metadata (its `export["cached_from"]` names the bundle, its path is the cached file's).
     """
     folder = cache_dir()
     if folder is None:
@@ -360,7 +362,7 @@ class Predictor:
     device, precision, channels_last, threads : see `make_engine`.
     tta : average the softmax over flips and 90-degree rotations.
     engine : 'torch' (the default here; the CLI defaults to 'auto'), 'auto', 'onnxruntime', 'openvino'.
-    on_message : receives one line for each engine fallback.
+    on_message : receives one line for each engine fallback (default: a Python warning).
     """
 
     def __init__(self, model: Any, *, device: str = "auto", precision: str = "auto", tta: bool = False,

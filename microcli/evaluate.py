@@ -55,7 +55,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = 
     device, precision, tta, engine, threads : see `microcli.engines.Predictor`.
     workers : decoding threads (0: in this process).
     batch_size, top_k, max_pixels, on_progress : see `evaluate_items`.
-    on_message : receives one line for each engine fallback.
+    on_message : receives one line for each engine fallback (default: a Python warning).
 
     Raises
     ------
