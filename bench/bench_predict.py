@@ -5,8 +5,9 @@
 The plain loop (bench/_plain.py): a Dataset of the files with the default ImageFolder loader (RGB),
 torchvision Resize/ToTensor/Normalize, DataLoader with 2 workers, model.eval() under no_grad. microcli
 is timed as the whole `microcli predict` process (start-up included), paths on stdin, rows to a file.
-Both use the same architecture and input size. microcli runs in its default fp32 on CPU, then once
-with --precision bf16, counting the images whose predicted class changes.
+Both use the same architecture and input size. microcli runs with the torch engine (bench_engines.py
+measures the others), fp32 on CPU, then once with --precision bf16, counting the images whose predicted
+class changes.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def main() -> None:
             plain = ours = 0.0
             for _ in range(2):  # alternate, keep the best: this machine's speed wanders by 10-20 %
                 plain = max(plain, _plain.predict(paths, arch, len(classes), args.size))
-                ours = max(ours, microcli_predict(tmp / arch / "best.pt", paths, tmp / f"{arch}.csv"))
-            bf16 = microcli_predict(tmp / arch / "best.pt", paths, tmp / f"{arch}bf16.csv", "--precision", "bf16")
+                ours = max(ours, microcli_predict(tmp / arch / "best.pt", paths, tmp / f"{arch}.csv", "--engine",
+                                                  "torch"))
+            bf16 = microcli_predict(tmp / arch / "best.pt", paths, tmp / f"{arch}bf16.csv", "--engine", "torch",
+                                    "--precision", "bf16")
             a, b = classes_of(tmp / f"{arch}.csv"), classes_of(tmp / f"{arch}bf16.csv")
             diff = sum(x != y for x, y in zip(a, b))
             print(f"{arch:10} {len(paths):7d} {plain:9.1f}/s {ours:9.1f}/s {ours / plain:6.2f}x {bf16:11.1f}/s"

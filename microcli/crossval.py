@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .data import Item, discover
 from .dataset import DecodedSet, decode_items
 from .errors import OutputExistsError, UsageError
-from .inference import Predictor
+from .engines import Predictor
 from .io import atomic_open
 from .metrics import confusion_report, fold_summary
 from .parallel import auto_workers

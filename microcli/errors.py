@@ -99,6 +99,14 @@ class CheckpointError(MicrocliError):
     """A file that is not a microcli model bundle, or one this version cannot load."""
 
 
+class NotInstalledError(MicrocliError):
+    """An optional package that this action needs is not installed; the message names the extra."""
+
+
+class ExportError(MicrocliError):
+    """An export that failed its check (the exported model disagrees with the bundle) or its exporter."""
+
+
 class OutputExistsError(MicrocliError):
     """An output that would overwrite an existing file or an input without --force."""
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_bundle, resolve_model_path
 from .data import Item, discover, read_split_csv
+from .engines import Predictor, load_for_engine
 from .errors import DataError, UsageError
-from .inference import Predictor
 from .io import resolve_max_pixels
+from .modelfile import resolve_model_path
 from .metrics import confusion_report
 from .predict import predict_stream
 
@@ -45,23 +45,26 @@ class EvalResult:
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = "auto", device: str = "auto",
-             precision: str = "auto", tta: bool = False, workers: int = 0, batch_size: int = 256,
-             top_k: int | None = None, max_pixels: int | None = None, on_progress=None) -> EvalResult:
+             precision: str = "auto", tta: bool = False, engine: str = "auto", threads: int = 0, workers: int = 0,
+             batch_size: int = 256, top_k: int | None = None, max_pixels: int | None = None, on_progress=None,
+             on_message=None) -> EvalResult:
     """Evaluate a model on labelled images: `microcli evaluate` as a function.
 
     Parameters
     ----------
-    model : a bundle file or a run folder (its best.pt).
+    model : a bundle file, a run folder (its best.pt), or an exported ONNX or TorchScript file.
     data : class folders, split folders or a manifest; None evaluates the run's own split.csv.
     split : 'auto' (test if there is one; else val of the run's own split, or all of DATA), or
         train / val / test / all.
-    device, precision, tta : see `microcli.inference.Predictor`.
+    device, precision, tta, engine, threads : see `microcli.engines.Predictor`.
     workers : decoding threads (0: in this process).
     batch_size, top_k, max_pixels, on_progress : see `evaluate_items`.
+    on_message : receives one line for each engine fallback (default: a Python warning).
 
     Raises
     ------
-    CheckpointError : `model` is not a readable bundle.
+    CheckpointError : `model` is not a readable model file.
+    NotInstalledError : an ONNX file and no runtime for it.
     UsageError : the split does not exist, no DATA and no split.csv beside the model, or a bad pixel
         limit (`max_pixels` or MICROCLI_MAX_PIXELS).
     DataError : nothing usable in the data.
@@ -79,12 +82,13 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = 
     else:
         where = f"{data} has" if data is not None else "the run's split.csv has"
         raise UsageError(f"--split {chosen}: {where} only {', '.join(sorted(splits))}")
-    predictor = Predictor(load_bundle(path), device=device, precision=precision, tta=tta)
+    predictor = Predictor(load_for_engine(path, engine=engine, device=device, precision=precision), device=device,
+                          precision=precision, tta=tta, engine=engine, threads=threads, on_message=on_message)
     result = evaluate_items(predictor, items, workers=workers, batch_size=batch_size, top_k=top_k,
                             max_pixels=max_pixels, on_progress=on_progress)
     result.split, result.classes = chosen, predictor.classes
     result.report["source"] = {"model": str(model), "data": str(data) if data is not None else None,
-                               "split": chosen, "tta": tta}
+                               "split": chosen, "tta": tta, "engine": predictor.engine_name}
     return result
 
 

@@ -126,3 +126,18 @@ class OnError(Choice):
 
     continue_ = "continue"
     fail = "fail"
+
+
+class Engine(Choice):
+    """What runs the network (see microcli.engines)."""
+
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+class ExportFormat(Choice):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    bioimageio = "bioimageio"

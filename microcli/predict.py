@@ -21,7 +21,7 @@ import numpy as np
 from .inputs import InputSpec, fit_array, load_for_model, prepare_or_error, range_warning, to_chw
 from .parallel import FLUSH, bounded_map
 from .errors import UsageError, describe
-from .inference import Predictor
+from .engines import Predictor
 from .io import IMAGE_EXTENSIONS, find_images
 
 

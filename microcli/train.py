@@ -31,8 +31,8 @@ from .config import Resolved, TrainConfig
 from .data import Item, discover
 from .dataset import DecodedSet, Source, choose_cache, decode_items
 from .errors import DataError
-from .inference import (Predictor, average_views, eval_views, model_logits, normalize, pick_device, pick_dtype,
-                        set_threads)
+from .engines import Predictor, average_views
+from .inference import eval_views, model_logits, normalize, pick_device, pick_dtype, set_threads
 from .inputs import InputSpec, detect_channels
 from .metrics import confusion_report
 from .models import create_model, load_pretrained

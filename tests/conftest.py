@@ -16,6 +16,21 @@ def save_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory) -> Path:
+    """Bundles converted for the ONNX engines are cached here, never in the user's ~/.cache."""
+    import os
+
+    path = tmp_path_factory.mktemp("engine-cache")
+    old = os.environ.get("MICROCLI_CACHE_DIR")
+    os.environ["MICROCLI_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MICROCLI_CACHE_DIR", None)
+    else:
+        os.environ["MICROCLI_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def gray8() -> np.ndarray:
     rng = np.random.default_rng(0)

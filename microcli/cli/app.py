@@ -9,6 +9,7 @@ import typer
 from .. import __version__
 from .common import EXIT_CODES
 from .evaluate import evaluate
+from .export import export
 from .info import info
 from .predict import predict
 from .preprocess import list_ops, preprocess
@@ -18,7 +19,7 @@ from .train import train
 
 app = typer.Typer(
     name="microcli",
-    help="Classify micrographs: classical filters, CNN training, evaluation and batch prediction.\n\n"
+    help="Classify micrographs: classical filters, CNN training, evaluation, batch prediction and export.\n\n"
     + EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
@@ -53,6 +54,7 @@ for _fn in (synth, preprocess, split, train, evaluate, predict):
     _command(_fn)
 app.command("filters")(list_ops)
 app.command()(info)
+app.command()(export)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from ..options import Device, Precision
+from ..options import Device, Engine, Precision
 
 EXIT_CODES = ("Exit codes: 0 success; 1 error (nothing useful done); 2 usage error; 3 partial success "
               "(some inputs failed, the rest were processed and the failures listed on stderr).")
@@ -91,13 +91,17 @@ def stdin_stream():
 
 # --- options that mean the same in every command (declared once) ----------------------------------------
 
-ModelArg = Annotated[Path, typer.Argument(help="A model bundle (.pt) or a run folder (its best.pt).")]
+ModelArg = Annotated[Path, typer.Argument(help="A model bundle (.pt), a run folder (its best.pt), or an ONNX or "
+                                                "TorchScript file made by 'microcli export'.")]
+EngineOpt = Annotated[Engine, typer.Option("--engine", help="What runs the network. auto: on a CPU the fastest "
+                                                            "installed runtime (OpenVINO, then ONNX Runtime: pip "
+                                                            "install 'microcli[fast]'), else torch.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto: CUDA, then Apple MPS, then CPU.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: bf16 (or fp16) on CUDA; on CPU bf16 "
                                                                      "for training where native, fp32 for inference.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=-1, help="Parallel decoders: -1 auto (chosen from "
                                                                          "the cores), 0 none (this process), N.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="torch threads (0: all cores).")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="Threads that run the network (0: all cores).")]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=0, help="Refuse images with more pixels "
                                                                        "(default 200M or $MICROCLI_MAX_PIXELS; 0: no limit).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ..options import Device, Precision, ReportFormat, Split
-from .common import (DeviceOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, WorkersOpt, err,
-                     errors_to_exit, failed, out, progress, say, warn)
+from ..options import Device, Engine, Precision, ReportFormat, Split
+from .common import (DeviceOpt, EngineOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, ThreadsOpt, WorkersOpt,
+                     err, errors_to_exit, failed, out, progress, say, warn)
 
 def evaluate(
     model: ModelArg,
@@ -31,6 +31,8 @@ def evaluate(
     tta: Annotated[bool, typer.Option("--tta", help="Average over flips and 90-degree rotations.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 256,
     workers: WorkersOpt = -1,
+    engine: EngineOpt = Engine.auto,
+    threads: ThreadsOpt = 0,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.auto,
     max_pixels: MaxPixelsOpt = None,
@@ -59,8 +61,9 @@ def evaluate(
         with progress(quiet) as bar:
             task = bar.add_task("evaluating", total=None)
             result = run_evaluate(model, data, split=split.value, device=device.value, precision=precision.value,
-                                  tta=tta, workers=auto_workers(workers, threads=True), batch_size=batch_size,
-                                  top_k=top_k, max_pixels=max_pixels,
+                                  tta=tta, engine=engine.value, threads=threads,
+                                  workers=auto_workers(workers, threads=True), batch_size=batch_size,
+                                  top_k=top_k, max_pixels=max_pixels, on_message=warn,
                                   on_progress=lambda d, t: bar.update(task, completed=d, total=t))
         report = result.report
         for label, n in sorted(result.unknown.items()):

@@ -13,30 +13,31 @@ def info(
     model: ModelArg,
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="table or json.")] = ReportFormat.table,
 ) -> None:
-    """Show what a model bundle holds: architecture, parameters, classes, input, preprocessing, training
-    data and final metrics, versions. Loads nothing but plain data (weights_only).
+    """Show what a model file holds: architecture, parameters, classes, input, preprocessing, training
+    data and final metrics, versions; for an exported file also how it was exported and checked. Reads
+    a bundle as plain data only (weights_only), an ONNX or TorchScript file's metadata without running it.
 
     Example: microcli info runs/lenet --format json | jq .classes
     """
-    from ..checkpoint import load_bundle
+    from ..modelfile import load_model
 
     with errors_to_exit():
-        b = load_bundle(model)
+        b = load_model(model)
     data = {
-        "path": b.path, "arch": b.arch,
-        "parameters": int(sum(t.numel() for k, t in b.state_dict.items() if not k.endswith(("running_mean",
-                              "running_var", "num_batches_tracked")))),
+        "path": b.path, "kind": b.kind, "arch": b.arch, "parameters": b.parameters,
         "classes": b.classes, "input": b.input.to_dict(),
         "preprocess": str(b.input.get_pipeline()) or None, "data": b.data_summary, "metrics": b.metrics,
         "train_config": b.train_config, "versions": b.versions,
-        "resumable": b.training_state is not None,
+        "resumable": b.resumable,
     }
+    if b.export:
+        data["export"] = b.export
     if fmt == ReportFormat.json:
         print(json.dumps(data, indent=2))
         return
     from rich.table import Table
 
-    t = Table(title=f"model bundle {b.path}", show_header=False)
+    t = Table(title=f"{'model bundle' if b.kind == 'bundle' else b.kind + ' model'} {b.path}", show_header=False)
     t.add_column("field", style="bold")
     t.add_column("value", overflow="fold")
     spec = b.input
@@ -50,6 +51,15 @@ def info(
             ("metrics", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.metrics.items())),
             ("versions", ", ".join(f"{k} {v}" for k, v in b.versions.items())),
             ("resumable (last.pt)", "yes" if data["resumable"] else "no")]
+    if b.export:
+        e = b.export
+        check = e.get("check", {})
+        rows[-1] = ("exported", f"{e.get('format')} by {e.get('exporter')}" + (f", opset {e['opset']}" if "opset" in e
+                                                                              else "")
+                    + ", dynamic batch; " + ", ".join(f"{k} {v}" for k, v in e.get("versions", {}).items()))
+        if check:
+            rows.append(("export check", f"max softmax difference {check.get('max_abs_diff', float('nan')):.2g} "
+                                         f"(tolerance {check.get('tolerance')}) on {check.get('images')}"))
     for r in rows:
         t.add_row(*r)
     out.print(t)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..options import Aggregate, Device, OnError, Precision, RowFormat
-from .common import (DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
+from ..options import Aggregate, Device, Engine, OnError, Precision, RowFormat
+from .common import (DeviceOpt, EngineOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
                      ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream, warn)
 from .common import failed as report_failure
 
@@ -40,6 +40,7 @@ def predict(
                                                        "inputs.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
     workers: WorkersOpt = -1,
+    engine: EngineOpt = Engine.auto,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.auto,
@@ -60,9 +61,10 @@ def predict(
       microcli predict model.pt 'montage/*.tif' --tile 256 --per-tile tiles.csv
 
       microcli predict model.pt /data/night -r --shard 3/16 -o part3.csv    # one job of a SLURM array
+
+      microcli predict model.onnx scans -r --engine onnxruntime             # an exported model
     """
-    from ..checkpoint import load_bundle
-    from ..inference import Predictor, set_threads
+    from ..engines import Predictor, load_for_engine
     from ..io import atomic_open, resolve_max_pixels
     from ..parallel import auto_workers
     from ..predict import TileSpec, expand_inputs, parse_shard, predict_stream, prediction_row, row_columns, shard_of
@@ -72,8 +74,9 @@ def predict(
     with errors_to_exit(), quiet_broken_pipe():
         max_pixels = resolve_max_pixels(max_pixels)  # a bad MICROCLI_MAX_PIXELS: one message, exit 2
         k_n = parse_shard(shard)
-        set_threads(threads)
-        predictor = Predictor(load_bundle(model), device=device.value, precision=precision.value)
+        loaded = load_for_engine(model, engine=engine.value, device=device.value, precision=precision.value)
+        predictor = Predictor(loaded, device=device.value, precision=precision.value, engine=engine.value,
+                              threads=threads, on_message=warn)
         classes = predictor.classes
         cols = row_columns(classes, top_k=top_k, all_probs=all_probs, uncertain=min_confidence is not None)
         paths = shard_of(expand_inputs(inputs, recursive=recursive, stdin=stdin_stream(), nul=null), k_n)

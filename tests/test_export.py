@@ -1,0 +1,280 @@
+"""microcli export and the engines: round trips bundle -> ONNX / TorchScript -> predict, metadata, info,
+bioimage.io, the bad inputs, and engines that are not installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from microcli.checkpoint import Bundle, save_bundle, versions
+from microcli.cli.app import app
+from microcli.engines import Predictor, installed, network_views
+from microcli.errors import ExportError
+from microcli.export import TOLERANCE, compare
+from microcli.inputs import InputSpec
+from microcli.modelfile import load_model, onnx_metadata_props
+from microcli.models import REGISTRY, create_model
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+SAMPLE = REPO / "sample_images"
+CLASSES = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
+ONNX_ENGINES = [e for e in ("onnxruntime", "openvino") if installed(e)]
+needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnx") is None or not installed("onnxruntime"),
+                                reason="onnx and onnxruntime are not installed (pip install -e '.[fast]')")
+
+
+def make_bundle(path, arch: str, channels: int, fit: str, *, size: int = 48, pipeline: tuple = ()) -> Bundle:
+    """A real bundle of a freshly initialised network (seeded): what export reads, without training."""
+    torch.manual_seed(0)
+    net = create_model(arch, len(CLASSES), channels)
+    spec = InputSpec(channels, size, fit, pipeline, (0.45,) * channels, (0.22,) * channels)
+    bundle = Bundle(arch, CLASSES, spec, net.state_dict(), {"arch": arch}, {"val_macro_f1": 0.5}, {"train_images": 1},
+                    versions(), path=str(path))
+    save_bundle(bundle, path)
+    return bundle
+
+
+def predict_rows(model, *extra: str, files=None) -> dict[str, np.ndarray]:
+    args = ["predict", str(model), *(files or [str(SAMPLE)]), "-r", "--all-probs", "--format", "jsonl",
+            "--workers", "0", *extra]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    return {row["path"]: np.array([row[f"p_{c}"] for c in CLASSES]) for row in rows}
+
+
+def same_classes(ref: dict, got: dict) -> None:
+    """Same files, softmax within the export tolerance, and the same class wherever the reference's top
+    two are further apart than that (a closer pair is a tie that rounding may break either way)."""
+    assert list(got) == list(ref)
+    for path, p in ref.items():
+        q = got[path]
+        assert np.abs(p - q).max() <= TOLERANCE + 2e-6, path  # rows are rounded to 6 decimals
+        top2 = np.sort(p)[-2:]
+        if top2[1] - top2[0] > 2 * TOLERANCE:
+            assert p.argmax() == q.argmax(), path
+
+
+VARIANTS = [(arch, 1, "resize") for arch in REGISTRY] + [(arch, 3, "crop") for arch in REGISTRY] + [
+    ("lenet", 3, "resize"), ("lenet", 1, "crop")]
+
+
+@needs_onnx
+@pytest.mark.parametrize("arch,channels,fit", VARIANTS)
+def test_round_trip_gives_the_same_classes(tmp_path, arch, channels, fit):
+    size = 64 if fit == "crop" else 32  # crop: 128 px samples -> 4 tiles averaged per image
+    bundle = make_bundle(tmp_path / "m.pt", arch, channels, fit, size=size)
+    per_class = 2 if arch in ("resnet34", "resnet50") else 4  # the big ones cost seconds per engine
+    files = [str(p) for c in CLASSES for p in sorted((SAMPLE / c).glob("*.png"))[:per_class]]
+    ref = predict_rows(bundle.path, "--engine", "torch", files=files)
+    for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".ts")):
+        out = tmp_path / f"m{suffix}"
+        r = runner.invoke(app, ["export", bundle.path, "-o", str(out)])
+        assert r.exit_code == 0, r.stderr
+        said = " ".join(r.stderr.split())  # undo rich's wrapping
+        assert f"wrote {out}" in said and "max softmax difference" in said
+        engines = ONNX_ENGINES if fmt == "onnx" else ["torch"]
+        for engine in engines:
+            same_classes(ref, predict_rows(out, "--engine", engine, files=files))
+
+
+@needs_onnx
+def test_metadata_survives_and_info_reads_exported_files(trained_run, tmp_path):
+    bundle = load_model(trained_run)
+    for suffix, kind in ((".onnx", "onnx"), (".ts", "torchscript")):
+        out = tmp_path / f"model{suffix}"
+        r = runner.invoke(app, ["export", str(trained_run), "-o", str(out)])
+        assert r.exit_code == 0, r.stderr
+        m = load_model(out)
+        assert m.kind == kind and m.arch == bundle.arch and m.classes == bundle.classes
+        assert m.input == bundle.input and m.metrics == bundle.metrics and m.parameters == bundle.parameters
+        assert m.versions == bundle.versions and m.data_summary == bundle.data_summary
+        check = m.export["check"]
+        assert check["tolerance"] == TOLERANCE and check["max_abs_diff"] <= TOLERANCE
+        assert "images of the training run" in check["images"]  # split.csv beside best.pt was found
+        r = runner.invoke(app, ["info", str(out), "--format", "json"])
+        assert r.exit_code == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert d["kind"] == kind and d["classes"] == bundle.classes and d["parameters"] == bundle.parameters
+        assert d["input"]["img_size"] == 96 and d["export"]["format"] == kind
+        r = runner.invoke(app, ["info", str(out)])
+        assert r.exit_code == 0 and "export check" in r.stdout and bundle.arch in r.stdout
+    meta = json.loads(onnx_metadata_props(tmp_path / "model.onnx")["microcli"])
+    assert meta["export"]["opset"] == 17 and meta["export"]["input"]["shape"][0] == "batch"
+
+
+def readme_onnx_example() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("```python\n", text.index("**Running an ONNX file without microcli.**")) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+@needs_onnx
+def test_the_readme_onnx_example_prepares_images_as_microcli_does(trained_run, tmp_path):
+    """The README's lines, run as they are (onnxruntime, numpy and Pillow, no microcli), on PNGs and on a
+    JPEG large enough for Pillow's reduced-scale decoding: same class and probability as predict."""
+    from PIL import Image
+
+    out = tmp_path / "model.onnx"
+    assert runner.invoke(app, ["export", str(trained_run), "-o", str(out)]).exit_code == 0
+    code = readme_onnx_example()
+    assert code.count("\n") <= 14
+    files = sorted(str(p) for p in (SAMPLE / "lamellar").glob("*.png"))[:3]
+    files.append(str(tmp_path / "big.jpg"))  # 256 px: decoded at half scale (128 >= the model's 96)
+    Image.open(SAMPLE / "porosity" / "porosity_0000.png").resize((256, 256)).save(files[-1], quality=90)
+    ref = predict_rows(trained_run, "--engine", "torch", files=files)
+    for f in files:
+        script = code.replace('"model.onnx"', repr(str(out))).replace('"scan.png"', repr(f))
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        cls, conf = r.stdout.split()
+        assert cls == CLASSES[int(ref[f].argmax())]
+        assert float(conf) == pytest.approx(ref[f].max(), abs=2e-6)
+
+
+def test_export_check_rejects_a_different_softmax():
+    p = np.array([[0.7, 0.3]], np.float32)
+    assert compare(p, p + 5e-5, "x") == pytest.approx(5e-5, rel=1e-3)
+    with pytest.raises(ExportError, match=r"softmax differs from the PyTorch model by 0.01 \(tolerance 0.0001\)"):
+        compare(p, p + [[0.01, -0.01]], "ONNX export")
+    with pytest.raises(ExportError, match="nothing written"):
+        compare(p, p * np.nan, "ONNX export")
+
+
+@pytest.fixture(scope="module")
+def bioimageio_zip(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bioimageio") / "model.zip"
+    r = runner.invoke(app, ["export", str(trained_run), "-o", str(out), "--author", "A. Metallographer"])
+    assert r.exit_code == 0, r.stderr
+    return out
+
+
+@needs_onnx
+def test_bioimageio_package_holds_checked_weights_test_tensors_and_a_cover(trained_run, bioimageio_zip):
+    from PIL import Image
+
+    zf = zipfile.ZipFile(bioimageio_zip)
+    assert set(zf.namelist()) == {"rdf.yaml", "weights.onnx", "weights_torchscript.pt", "test_input.npy",
+                                  "test_output.npy", "sample_input.tif", "sample_output.tif", "cover.png",
+                                  "README.md", "classes.txt"}
+    x, y = np.load(zf.open("test_input.npy")), np.load(zf.open("test_output.npy"))
+    assert x.shape == (1, 1, 96, 96) and y.shape == (1, len(CLASSES))
+    np.testing.assert_allclose(y, Predictor(load_model(trained_run)).probs(x), atol=TOLERANCE)
+    assert zf.read("classes.txt").decode().split() == CLASSES
+    with Image.open(zf.open("cover.png")) as im:
+        assert im.size == (512, 256)
+    rdf = zf.read("rdf.yaml").decode()
+    assert 'format_version: "0.5.4"' in rdf and '- name: "A. Metallographer"' in rdf
+    assert "## Validation" in zf.read("README.md").decode()
+
+
+@needs_onnx
+def test_bioimageio_package_passes_the_spec_validation(bioimageio_zip):
+    spec = pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed")
+    descr = spec.load_description(bioimageio_zip, perform_io_checks=True)
+    summary = descr.validation_summary
+    assert summary.status in ("valid-format", "passed"), summary.format()
+    assert [a.channel_names for a in descr.outputs[0].axes if a.type == "channel"] == [CLASSES]
+    assert set(descr.weights.available_formats) == {"onnx", "torchscript"}
+
+
+def test_bad_inputs_write_nothing(trained_run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a model")
+    r = runner.invoke(app, ["export", str(junk), "-o", str(out / "m.onnx")])
+    assert r.exit_code == 1 and "junk.pt: not a readable model file" in r.stderr
+    r = runner.invoke(app, ["export", str(trained_run), "-o", str(out / "m.onnx"), "--format", "tflite"])
+    assert r.exit_code == 2 and "tflite" in r.stderr
+    r = runner.invoke(app, ["export", str(trained_run), "-o", str(out / "m.bin")])
+    assert r.exit_code == 2 and "--format is needed" in r.stderr
+    r = runner.invoke(app, ["export", str(trained_run / "best.pt"), "-o", str(trained_run / "best.pt"), "--force",
+                            "--format", "torchscript"])
+    assert r.exit_code == 1 and "is the model being exported" in r.stderr
+    assert load_model(trained_run).kind == "bundle"
+    assert list(out.iterdir()) == []  # no half-written or temporary file anywhere
+    existing = out / "m.ts"
+    existing.write_bytes(b"keep me")
+    r = runner.invoke(app, ["export", str(trained_run), "-o", str(existing)])
+    assert r.exit_code == 1 and "exists; use --force" in r.stderr and existing.read_bytes() == b"keep me"
+    assert runner.invoke(app, ["export", str(trained_run), "-o", str(existing), "--force"]).exit_code == 0
+    assert load_model(existing).kind == "torchscript"
+    r = runner.invoke(app, ["export", str(existing), "-o", str(out / "again.ts")])
+    assert r.exit_code == 1 and "already an exported torchscript file" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["m.ts"]
+
+
+def run_without(modules: list[str], *args: str) -> subprocess.CompletedProcess:
+    """microcli in a fresh interpreter in which `modules` cannot be imported: Python's own way of saying
+    "not installed" (a None entry in sys.modules makes `import` raise ImportError). stderr comes back with
+    rich's line wrapping undone."""
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+            + "from microcli.cli.app import app\napp(prog_name='microcli')\n")
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=os.environ, cwd=REPO)
+    r.stderr = " ".join(r.stderr.split())
+    return r
+
+
+@needs_onnx
+def test_missing_engine_falls_back_with_a_message(trained_run, tmp_path):
+    files = sorted(str(p) for p in (SAMPLE / "porosity").glob("*.png"))[:3]
+    r = run_without(["openvino"], "predict", str(trained_run), *files, "--engine", "openvino", "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert "--engine openvino: openvino is not installed (pip install 'microcli[fast]'); using onnxruntime" in r.stderr
+    assert len(r.stdout.splitlines()) == 4
+    r = run_without(["openvino", "onnxruntime"], "predict", str(trained_run), *files, "--engine", "onnxruntime",
+                    "--workers", "0")
+    assert r.returncode == 0 and "using torch" in r.stderr and len(r.stdout.splitlines()) == 4
+    onnx_file = tmp_path / "m.onnx"
+    assert runner.invoke(app, ["export", str(trained_run), "-o", str(onnx_file)]).exit_code == 0
+    r = run_without(["openvino", "onnxruntime"], "predict", str(onnx_file), *files, "--workers", "0")
+    assert r.returncode == 1 and "running ONNX files needs onnxruntime or openvino: pip install 'microcli[fast]'" \
+        in r.stderr and r.stdout == ""
+    r = run_without(["onnx"], "export", str(trained_run), "-o", str(tmp_path / "n.onnx"))
+    assert r.returncode == 1 and "needs the onnx package: pip install 'microcli[fast]'" in r.stderr
+    assert not (tmp_path / "n.onnx").exists()
+
+
+@needs_onnx
+def test_an_onnx_file_predicts_without_torch(trained_run, tmp_path):
+    """Start-up is a third of a short predict: an ONNX file (or a bundle whose conversion is cached) never
+    imports torch."""
+    onnx_file = tmp_path / "m.onnx"
+    assert runner.invoke(app, ["export", str(trained_run), "-o", str(onnx_file)]).exit_code == 0
+    files = sorted(str(p) for p in (SAMPLE / "porosity").glob("*.png"))[:3]
+    r = run_without(["torch"], "predict", str(onnx_file), *files, "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 4
+    r = run_without(["torch"], "info", str(onnx_file))
+    assert r.returncode == 0 and "export check" in r.stdout
+
+
+@needs_onnx
+def test_a_bundle_is_converted_once_and_then_runs_from_the_cache(trained_run, engine_cache):
+    files = sorted(str(p) for p in (SAMPLE / "porosity").glob("*.png"))[:3]
+    first = predict_rows(trained_run, "--engine", "onnxruntime", files=files)
+    cached = list((engine_cache / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and load_model(cached[0]).classes == CLASSES
+    r = run_without(["torch"], "predict", str(trained_run), *files, "--engine", "onnxruntime", "--workers", "0",
+                    "--all-probs", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr  # the bundle itself is never read: its conversion carries the metadata
+    again = {row["path"]: np.array([row[f"p_{c}"] for c in CLASSES]) for row in map(json.loads, r.stdout.splitlines())}
+    same_classes(first, again)
+
+
+def test_network_views_tile_crop_models():
+    spec = InputSpec(1, 64, "crop")
+    views, owner = network_views([np.zeros((1, 128, 100), np.float32), np.zeros((1, 64, 64), np.float32)], spec)
+    assert views.shape == (5, 1, 64, 64) and owner.tolist() == [0] * 4 + [1]  # 128 x 100: 2 x 2 tiles
