@@ -126,3 +126,10 @@ class OnError(Choice):
 
     continue_ = "continue"
     fail = "fail"
+
+
+class CamMethod(Choice):
+    """Class-activation map: gradcam (Selvaraju et al. 2017) or gradcam++ (Chattopadhay et al. 2018)."""
+
+    gradcam = "gradcam"
+    gradcampp = "gradcam++"

@@ -9,6 +9,7 @@ import typer
 from .. import __version__
 from .common import EXIT_CODES
 from .evaluate import evaluate
+from .explain import explain
 from .info import info
 from .predict import predict
 from .preprocess import list_ops, preprocess
@@ -49,7 +50,7 @@ def _command(fn, name: str | None = None) -> None:
     app.command(name)(fn)
 
 
-for _fn in (synth, preprocess, split, train, evaluate, predict):
+for _fn in (synth, preprocess, split, train, evaluate, predict, explain):
     _command(_fn)
 app.command("filters")(list_ops)
 app.command()(info)
