@@ -26,6 +26,8 @@ class EvalResult:
     failures : (path, message) of the images that could not be read.
     split : the split that was evaluated (after 'auto' was resolved).
     classes : the model's classes.
+    paths, labels, probs : the evaluated images, their true class indices and softmax outputs (N, K), in
+        the report's order (for pictures of them: `microcli.html_report`).
     """
 
     report: dict
@@ -33,6 +35,9 @@ class EvalResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     split: str = "all"
     classes: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None
+    probs: np.ndarray | None = None
 
     @property
     def partial(self) -> bool:
@@ -133,4 +138,5 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
                               groups=groups if any(g is not None for g in groups) else None)
     report["excluded_unknown_labels"] = unknown
     report["failed"] = [{"path": p, "error": e} for p, e in failures]
-    return EvalResult(report, unknown, failures)
+    return EvalResult(report, unknown, failures, classes=list(classes), paths=paths, labels=np.asarray(labels),
+                      probs=np.stack(probs))
