@@ -21,6 +21,7 @@ from .checkpoint import load_bundle, versions
 from .config import TrainConfig
 from .data import Item, discover
 from .dataset import DecodedSet, decode_items
+from .html_report import write_cv_html
 from .errors import OutputExistsError, UsageError
 from .engines import Predictor
 from .io import atomic_open
@@ -32,7 +33,7 @@ from .splits import groups_from_names, stratified_group_kfold, stratified_group_
 from .train import (Callback, Event, Runtime, TrainData, TrainResult, _ignore, resolve_input, resolve_recipe,
                     train_decoded)
 
-CV_FILES = ("config.json", "folds.csv", "cv_report.json", "cv_report.txt", "cv_predictions.csv")
+CV_FILES = ("config.json", "folds.csv", "cv_report.json", "cv_report.txt", "cv_report.html", "cv_predictions.csv")
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
@@ -212,6 +213,7 @@ def _cv_report(root: Path, decoded: DecodedSet, fold: np.ndarray, oof: np.ndarra
         fh.write(report_text(report, f"cross-validation, {len(per_fold)} folds, out-of-fold predictions"))
         fh.write(fold_summary_text(report) + "\n")
     _write_predictions(root / "cv_predictions.csv", decoded.items, fold, oof, classes)
+    write_cv_html(root / "cv_report.html", report, decoded.items, fold, oof, classes, root=root, arrays=decoded.arrays)
     return report
 
 

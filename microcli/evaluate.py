@@ -29,6 +29,8 @@ class EvalResult:
     classes : the model's classes.
     warnings : one message per image whose values lie far outside the training range
         (`microcli.inputs.range_warning`); such images are still counted.
+    paths, labels, probs : the evaluated images, their true class indices and softmax outputs (N, K), in
+        the report's order (for pictures of them: `microcli.html_report`).
     """
 
     report: dict
@@ -37,6 +39,9 @@ class EvalResult:
     split: str = "all"
     classes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None
+    probs: np.ndarray | None = None
 
     @property
     def partial(self) -> bool:
@@ -145,4 +150,5 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
                               groups=groups if any(g is not None for g in groups) else None)
     report["excluded_unknown_labels"] = unknown
     report["failed"] = [{"path": p, "error": e} for p, e in failures]
-    return EvalResult(report, unknown, failures, warnings=warned)
+    return EvalResult(report, unknown, failures, classes=list(classes), paths=paths, labels=np.asarray(labels),
+                      probs=np.stack(probs), warnings=warned)

@@ -141,3 +141,10 @@ class ExportFormat(Choice):
     onnx = "onnx"
     torchscript = "torchscript"
     bioimageio = "bioimageio"
+
+
+class CamMethod(Choice):
+    """Class-activation map: gradcam (Selvaraju et al. 2017) or gradcam++ (Chattopadhay et al. 2018)."""
+
+    gradcam = "gradcam"
+    gradcampp = "gradcam++"

@@ -32,6 +32,7 @@ class Prediction:
     error: str | None = None
     tiles: list[tuple[int, int, np.ndarray]] | None = None  # (x, y, probs) per tile
     warning: str | None = None  # e.g. values far outside the training range (inputs.range_warning)
+    shape: tuple[int, int] | None = None  # (height, width) of the image the tiles were cut from
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def shard_of(paths: Iterable[str], k_n: tuple[int, int] | None) -> Iterable[str]
     return (p for i, p in enumerate(paths) if i % n == k - 1)
 
 
-def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray]] | str:
+def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray], tuple[int, int]] | str:
     path, spec, tile, max_pixels = args
     try:
         arr = load_for_model(path, spec, max_pixels=max_pixels)
@@ -91,7 +92,7 @@ def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray]] | st
         xs += [w - tile.size] if xs[-1] != w - tile.size else []
         coords = [(x, y) for y in ys for x in xs]
         tiles = [to_chw(fit_array(arr[y:y + tile.size, x:x + tile.size], spec.img_size, spec.fit)) for x, y in coords]
-        return coords, tiles
+        return coords, tiles, (h, w)
     except UsageError:  # a bad setting, not a bad file (see prepare_or_error)
         raise
     except Exception as exc:
@@ -218,16 +219,17 @@ def _flush(predictor: Predictor, pending, tile: TileSpec | None, batch_size: int
             yield Prediction(path, probs[i], warning=warning)
             i += 1
         else:
-            coords, tiles = got
+            coords, tiles, shape = got
             p = probs[i:i + len(tiles)]
             i += len(tiles)
             yield Prediction(path, aggregate(p, tile.aggregate), tiles=[(x, y, q) for (x, y), q in zip(coords, p)],
-                             warning=warning)
+                             warning=warning, shape=shape)
 
 
 def prediction_row(pred: Prediction, classes: list[str], *, top_k: int = 1, all_probs: bool = False,
-                   min_confidence: float | None = None) -> dict:
-    """The output row of one prediction: path, class, confidence[, uncertain][, top-k][, p_<class>...]."""
+                   min_confidence: float | None = None, fractions: np.ndarray | None = None) -> dict:
+    """The output row of one prediction: path, class, confidence[, uncertain][, top-k][, p_<class>...]
+    [, fractions: {class: area fraction} (`classmap.class_map`), written as frac_<class> columns in CSV]."""
     row: dict = {"path": pred.path}
     if pred.error is not None:
         row["error"] = pred.error
@@ -242,11 +244,14 @@ def prediction_row(pred: Prediction, classes: list[str], *, top_k: int = 1, all_
         row[f"top{r + 1}_confidence"] = round(float(pred.probs[order[r]]), 6)
     if all_probs:
         row.update({f"p_{c}": round(float(p), 6) for c, p in zip(classes, pred.probs)})
+    if fractions is not None:
+        row["fractions"] = {c: round(float(f), 6) for c, f in zip(classes, fractions)}
     return row
 
 
-def row_columns(classes: list[str], *, top_k: int = 1, all_probs: bool = False, uncertain: bool = False) -> list[str]:
+def row_columns(classes: list[str], *, top_k: int = 1, all_probs: bool = False, uncertain: bool = False,
+                fractions: bool = False) -> list[str]:
     cols = ["path", "class", "confidence"] + (["uncertain"] if uncertain else [])
     for r in range(1, min(top_k, len(classes))):
         cols += [f"top{r + 1}_class", f"top{r + 1}_confidence"]
-    return cols + ([f"p_{c}" for c in classes] if all_probs else [])
+    return cols + ([f"p_{c}" for c in classes] if all_probs else []) + ([f"frac_{c}" for c in classes] if fractions else [])

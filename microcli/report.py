@@ -15,7 +15,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from .io import atomic_open, atomic_path
+from .io import atomic_open
 
 
 def _pct(x: float) -> str:
@@ -177,73 +177,81 @@ def write_misclassified_csv(path, report: dict) -> None:
     _write_rows(path, keys, ([m[k] for k in keys] for m in report["misclassified"]))
 
 
-def plot_confusion(path, report: dict) -> None:
-    """Counts and row-normalised matrices side by side; long class names wrap, the figure grows with K."""
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def confusion_figure(report: dict):
+    """Counts and row-normalised matrices side by side, in the shared look (`microcli.figures`): class
+    names with spaces, wrapped; cells, fonts and figure sized for 2 to 30 classes."""
     import numpy as np
+
+    from .figures import MATRIX_CMAP, class_font_size, class_label, pyplot, styled
 
     classes = report["classes"]
     k = len(classes)
-    labels = [textwrap.fill(c.replace("_", " "), 14) for c in classes]
+    labels = [class_label(c) for c in classes]
     counts = np.array(report["confusion"]["counts"])
     norm = np.array(report["confusion"]["normalized"])
-    side = max(4.0, 0.7 * k + 2.5)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side + 0.8), constrained_layout=True)
-    for ax, mat, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
-        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(title)
-        ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=9)
-        ax.set_yticks(range(k), labels, fontsize=9)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        if k <= 30:
-            for i in range(k):
-                for j in range(k):
-                    ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=8,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=axes, shrink=0.8, label="share of the true class")
-    acc = report["overall"]["accuracy"]
-    fig.suptitle(f"{report['overall']['images']} images, accuracy {100 * acc:.1f} %")
-    _save_fig(fig, path)
+    fs = class_font_size(k)
+    side = max(4.0, 0.42 * k + 2.8)
+    with styled():
+        fig, axes = pyplot().subplots(1, 2, figsize=(2 * side + 1.2, 0.85 * side + 1.2), layout="constrained")
+        for ax, mat, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
+            im = ax.imshow(norm, cmap=MATRIX_CMAP, vmin=0, vmax=1)
+            ax.set_title(title)
+            ax.set_xticks(range(k), labels, rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center",
+                          rotation_mode="anchor", fontsize=fs)
+            ax.set_yticks(range(k), labels, fontsize=fs)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            ax.spines[:].set_visible(False)
+            ax.tick_params(length=0)
+            if k <= 30:
+                for i in range(k):
+                    for j in range(k):
+                        ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=fs - 1,
+                                color="white" if norm[i, j] > 0.5 else "black")
+        fig.colorbar(im, ax=axes, shrink=0.8, label="share of the true class")
+        acc = report["overall"]["accuracy"]
+        fig.suptitle(f"{report['overall']['images']} images, accuracy {100 * acc:.1f} %")
+    return fig
 
 
-def _save_fig(fig, path) -> None:
-    import matplotlib.pyplot as plt
+def plot_confusion(path, report: dict) -> None:
+    """Write `confusion_figure` as PNG (atomically)."""
+    from .figures import save_fig
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(path, keep_suffix=True) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
+    save_fig(confusion_figure(report), path)
+
+
+def curves_figure(rows: Sequence[dict], *, title: str | None = None):
+    """Loss and accuracy per epoch, train and validation, in the shared look (`microcli.figures`)."""
+    from .figures import EXTRA_COLOR, TRAIN_COLOR, VAL_COLOR, pyplot, styled
+
+    pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    ep = [r["epoch"] for r in rows]
+    with styled():
+        fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 4), layout="constrained")
+        a.plot(ep, [r["train_loss"] for r in rows], "o-", color=TRAIN_COLOR, label="train")
+        a.plot(ep, [r["val_loss"] for r in rows], "o-", color=VAL_COLOR, label="validation")
+        a.set(xlabel="epoch", ylabel="loss", title="loss")
+        b.plot(ep, [r["train_acc"] for r in rows], "o-", color=TRAIN_COLOR, label="train accuracy")
+        b.plot(ep, [r["val_acc"] for r in rows], "o-", color=VAL_COLOR, label="validation accuracy")
+        b.plot(ep, [r["val_macro_f1"] for r in rows], "s--", color=EXTRA_COLOR, label="validation macro F1")
+        b.set(xlabel="epoch", ylabel="score", title="accuracy", ylim=(0, 1.02))
+        for ax in (a, b):
+            ax.grid(True)
+            ax.legend()
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if title:
+            fig.suptitle(title)
+    return fig
 
 
 def plot_curves(path, rows: Sequence[dict]) -> None:
-    """Loss and accuracy per epoch, train and validation."""
-    import matplotlib
+    """Loss and accuracy per epoch, train and validation (`curves_figure`), as PNG."""
+    from .figures import save_fig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
-    a.plot(ep, [r["val_loss"] for r in rows], "o-", label="validation")
-    a.set(xlabel="epoch", ylabel="loss", title="loss")
-    b.plot(ep, [r["train_acc"] for r in rows], "o-", label="train accuracy")
-    b.plot(ep, [r["val_acc"] for r in rows], "o-", label="validation accuracy")
-    b.plot(ep, [r["val_macro_f1"] for r in rows], "s--", label="validation macro F1")
-    b.set(xlabel="epoch", ylabel="score", title="accuracy", ylim=(0, 1.02))
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    _save_fig(fig, path)
+    save_fig(curves_figure(rows), path)
 
 
 def write_report_text(path, report: dict) -> None:

@@ -38,7 +38,22 @@ class RowWriter:
         if self.fmt == "jsonl":
             self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         elif "error" not in row:
-            self.w.writerow({k: (str(v).lower() if isinstance(v, bool) else v) for k, v in row.items()})
+            self.w.writerow({k: (str(v).lower() if isinstance(v, bool) else v) for k, v in _flat(row).items()})
+
+
+FLAT_PREFIX = {"fractions": "frac"}  # a nested object in JSON lines, <prefix>_<key> columns in CSV/TSV
+
+
+def _flat(row: dict) -> dict:
+    if not any(isinstance(v, dict) for v in row.values()):
+        return row
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, dict):
+            out.update({f"{FLAT_PREFIX.get(k, k)}_{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
 
 
 class RowSink:

@@ -20,7 +20,7 @@ REPORT_FILES = tuple(f"val_{n}" for n in ("report.json", "report.txt", "per_clas
                                           "misclassified.csv", "confusion.png"))  # report.REPORT_NAMES
 # Written before the first epoch ends; a folder holding only these never trained and may be replaced.
 START_FILES = ("config.json", "split.csv", "skipped.csv")
-RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "curves.png", *START_FILES, *REPORT_FILES)
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "curves.png", "report.html", *START_FILES, *REPORT_FILES)
 
 
 class RunFolder:

@@ -679,10 +679,12 @@ def validate(model: nn.Module, views: tuple[torch.Tensor, np.ndarray], y_val: li
 def final_report(run: Path, val_items: list[Item]) -> dict:
     """The best model's validation report, computed exactly as `microcli evaluate RUN --split val` does."""
     from .evaluate import evaluate_items
+    from .html_report import write_html_report
 
-    report = evaluate_items(Predictor(load_bundle(run / "best.pt")), val_items, workers=0).report
-    write_report_files(run, report, stem="val_")
-    return report
+    result = evaluate_items(Predictor(load_bundle(run / "best.pt")), val_items, workers=0)
+    write_report_files(run, result.report, stem="val_")
+    write_html_report(run / "report.html", result, model=run / "best.pt", title=f"{run.name}: validation")
+    return result.report
 
 
 class StopOnSigint:

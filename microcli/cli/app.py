@@ -10,6 +10,7 @@ from .. import __version__
 from .common import EXIT_CODES
 from .evaluate import evaluate
 from .export import export
+from .explain import explain
 from .info import info
 from .predict import predict
 from .preprocess import list_ops, preprocess
@@ -50,7 +51,7 @@ def _command(fn, name: str | None = None) -> None:
     app.command(name)(fn)
 
 
-for _fn in (synth, preprocess, split, train, evaluate, predict):
+for _fn in (synth, preprocess, split, train, evaluate, predict, explain):
     _command(_fn)
 app.command("filters")(list_ops)
 app.command()(info)

@@ -28,6 +28,9 @@ def evaluate(
                                                                         "first.")] = None,
     plot: Annotated[Path, typer.Option("--plot", help="Write the confusion matrices (counts, normalised) as "
                                                       "PNG.")] = None,
+    html_file: Annotated[Path, typer.Option("--html", help="Write one self-contained HTML page: metrics, "
+                                                           "matrices, curves, the misclassified images with heat "
+                                                           "maps (opens offline).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average over flips and 90-degree rotations.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 256,
     workers: WorkersOpt = -1,
@@ -50,6 +53,8 @@ def evaluate(
       microcli evaluate runs/lenet --split val
 
       microcli evaluate runs/lenet/best.pt sample_images --plot cm.png --misclassified wrong.csv
+
+      microcli evaluate runs/lenet sample_images --html report.html
 
       microcli evaluate model.pt test_data --format json | jq .overall.macro_f1
     """
@@ -78,6 +83,10 @@ def evaluate(
         for kind, path in files.items():
             if path is not None:
                 REPORT_WRITERS[kind](path, report)
+        if html_file is not None:
+            from ..html_report import write_html_report
+
+            write_html_report(html_file, result, model=model, workers=auto_workers(workers, threads=True))
     title = f"{report['overall']['images']} images ({result.split})"
     if fmt == ReportFormat.json:
         print(json.dumps(report, indent=2))

@@ -34,6 +34,12 @@ def predict(
     aggregate: Annotated[Aggregate, typer.Option("--aggregate", help="How tile softmaxes combine.")] = Aggregate.mean,
     per_tile: Annotated[Path, typer.Option("--per-tile", help="Write tile rows (path,x,y,class,p_...) as "
                                                               "CSV.")] = None,
+    map_dir: Annotated[Path, typer.Option("--map", help="With --tile: write a class map per image (tile classes "
+                                                        "as a colour overlay, legend with area fractions) into "
+                                                        "DIR, and add the fractions to the rows.")] = None,
+    fractions: Annotated[bool, typer.Option("--fractions", help="With --tile: the area fraction of each class "
+                                                                "(frac_<class> columns; 'fractions' in jsonl), "
+                                                                "tile softmaxes averaged per pixel.")] = False,
     on_error: Annotated[OnError, typer.Option("--on-error", help="continue (exit 3 at the end) or "
                                                                  "fail.")] = OnError.continue_,
     shard: Annotated[str, typer.Option("--shard", help="K/N: only the K-th of N deterministic slices of the "
@@ -60,25 +66,35 @@ def predict(
 
       microcli predict model.pt 'montage/*.tif' --tile 256 --per-tile tiles.csv
 
+      microcli predict model.pt big.tif --tile 128 --stride 64 --map maps/    # class map + frac_<class>
+
       microcli predict model.pt /data/night -r --shard 3/16 -o part3.csv    # one job of a SLURM array
 
       microcli predict model.onnx scans -r --engine onnxruntime             # an exported model
     """
+    from ..classmap import class_map, class_map_picture
     from ..engines import Predictor, load_for_engine
+    from ..errors import UsageError
     from ..io import atomic_open, resolve_max_pixels
     from ..parallel import auto_workers
     from ..predict import TileSpec, expand_inputs, parse_shard, predict_stream, prediction_row, row_columns, shard_of
+    from ..outputs import PictureFolder
     from ..rows import RowSink, tile_rows
 
     failed = done = 0
     with errors_to_exit(), quiet_broken_pipe():
         max_pixels = resolve_max_pixels(max_pixels)  # a bad MICROCLI_MAX_PIXELS: one message, exit 2
         k_n = parse_shard(shard)
+        want_fractions = fractions or map_dir is not None
+        if want_fractions and not tile:
+            raise UsageError(("--map" if map_dir is not None else "--fractions") + " needs --tile SIZE")
         loaded = load_for_engine(model, engine=engine.value, device=device.value, precision=precision.value)
         predictor = Predictor(loaded, device=device.value, precision=precision.value, engine=engine.value,
                               threads=threads, on_message=warn)
         classes = predictor.classes
-        cols = row_columns(classes, top_k=top_k, all_probs=all_probs, uncertain=min_confidence is not None)
+        cols = row_columns(classes, top_k=top_k, all_probs=all_probs, uncertain=min_confidence is not None,
+                           fractions=want_fractions)
+        maps = PictureFolder(map_dir, suffix="_classmap.png", force=force) if map_dir is not None else None
         paths = shard_of(expand_inputs(inputs, recursive=recursive, stdin=stdin_stream(), nul=null), k_n)
         tiles = TileSpec(tile, stride or tile, aggregate.value) if tile else None
         with RowSink(output, fmt.value, cols, append=append, force=force) as sink, \
@@ -90,8 +106,13 @@ def predict(
             stall = 0.2 if "-" in inputs else None
             for pred in predict_stream(predictor, paths, batch_size=batch_size, workers=auto_workers(workers, threads=True),
                                        tile=tiles, max_pixels=max_pixels, on_path=sink.note_input, flush_after=stall):
+                cmap = class_map(pred.shape, pred.tiles, tiles.size) if want_fractions and not pred.error else None
                 sink.write(prediction_row(pred, classes, top_k=top_k, all_probs=all_probs,
-                                          min_confidence=min_confidence))
+                                          min_confidence=min_confidence,
+                                          fractions=cmap.fractions if cmap is not None else None))
+                if maps is not None and cmap is not None:
+                    maps.write(pred.path, class_map_picture(pred.path, cmap, classes, size=tiles.size,
+                                                            stride=tiles.stride, max_pixels=max_pixels))
                 if pred.error:
                     failed += 1
                     report_failure(pred.error)
@@ -111,6 +132,4 @@ def predict(
         raise typer.Exit(3)
     if done == 0:
         abort("no images found in " + ", ".join(inputs), 1)
-
-
 

@@ -124,7 +124,7 @@ def train(
 
     RUN contains best.pt and last.pt (model bundles), config.json, split.csv, metrics.csv, curves.png and
     the best model's validation report (val_report.json/.txt, val_per_class.csv, val_confusion.csv/.png,
-    val_misclassified.csv). Ctrl-C stops after the current batch, writes last.pt and prints the command
+    val_misclassified.csv, and report.html: one page with the misclassified images and their heat maps). Ctrl-C stops after the current batch, writes last.pt and prints the command
     that resumes. Runs under `torchrun --nproc_per_node N` as DistributedDataParallel.
 
     With no options the recipe (backbone, input size, fit, preprocessing, batch size, length, sampling) is
@@ -247,5 +247,5 @@ def _render_cv(result) -> None:
         err.print(fold_summary_text(result.report))
     if result.refit is not None:
         err.print(f"final model (all data, {result.refit.best_epoch} epochs): {result.refit.run_dir / 'best.pt'}")
-    err.print(f"run folder: {result.run_dir}  (cv_report.json, cv_report.txt, cv_predictions.csv, fold-1 ... "
+    err.print(f"run folder: {result.run_dir}  (cv_report.html/.json/.txt, cv_predictions.csv, fold-1 ... "
               f"fold-{len(result.folds)})")

@@ -31,6 +31,12 @@ class ModelInfo:
     default_lr : peak learning rate when `--lr` is not given (AdamW with warm-up and cosine decay).
     imagenet_weights : name of the torchvision weights enum (``ResNet18_Weights``) or None.
     min_size, max_size : input sides (pixels) the network accepts; checked before any image is read.
+    cam_layer : the module (a `get_submodule` path) whose output class-activation maps are computed on:
+        the last convolutional block, after its ReLU (`microcli explain`).
+    cam_stride, cam_offset : where the cam layer's cells sit on the input: cell i is centred on input pixel
+        ``cam_offset + cam_stride * i`` (the centre of its receptive field, from the strides, kernels and
+        paddings before it). Heat maps are placed by these, not stretched over the image.
+    first_conv : the first convolution, whose kernels `microcli explain --filters` shows.
     """
 
     name: str
@@ -40,6 +46,10 @@ class ModelInfo:
     imagenet_weights: str | None = None
     min_size: int = 32
     max_size: int = 2048
+    cam_layer: str = "layer4"
+    cam_stride: int = 32
+    cam_offset: float = 15.5
+    first_conv: str = "conv1"
 
     @property
     def pretrained(self) -> bool:
@@ -74,7 +84,17 @@ def _resnet(name: str) -> Callable[[int, int], nn.Module]:
 
 
 # LeNet: two 5x5 convolutions and two 2x poolings need at least 16 px; 3e-3 suits its ~60k parameters.
-register(ModelInfo("lenet", _lenet, "LeNet-5 (LeCun 1998), ~60k parameters; fast, small data", 3e-3, min_size=16))
+# Class-activation maps: C3 after its ReLU (features.4), the last maps with a spatial layout (about half
+# the input side). Its unpadded 5x5 convolutions and 2x pooling put cell i on input pixel 2i + 6.5 (C1: +2,
+# S2: +0.5, C3: +2 x 2), so its 18 cells of a 48 px input span pixels 6.5-40.5, not 0-47.
+register(ModelInfo("lenet", _lenet, "LeNet-5 (LeCun 1998), ~60k parameters; fast, small data", 3e-3, min_size=16,
+                   cam_layer="features.4", cam_stride=2, cam_offset=6.5, first_conv="features.0"))
+# Measured (input gradient's centre of mass per cell): LeNet's cells sit within 0.2 px of 2i + 6.5.
+# ResNets: layer4, 1/32 of the input side, placed as cells tiling the image (pixel 32 i + 15.5, the usual
+# Grad-CAM resize): a layer4 cell's receptive field (435 px for ResNet-18) exceeds the usual inputs; at
+# 128 px (random weights) the gradient centres of the 4 cells (42, 49, 63, 77) lie between the geometric
+# centres (0, 32, 64, 96) and the tiling's (15.5 ... 111.5), so no placement is exact and we keep the
+# convention.
 # ResNets downsample 32x: below 32 px the last stages see 1x1 maps.
 register(ModelInfo("resnet18", _resnet("resnet18"), "torchvision ResNet-18, 11M parameters", 1e-3,
                    "ResNet18_Weights"))

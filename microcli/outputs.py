@@ -1,0 +1,77 @@
+"""A folder of pictures, one per input image (heat maps, class maps), with microcli's file rules.
+
+Each picture is named after its input: ``<stem><suffix>`` (``grain_07_cam.png``); when two inputs share
+a stem, the later one is named after its whole path (``a__b__grain_07_cam.png``), so no picture replaces
+another. A picture never replaces an existing file without `force`, nor ever an input, and is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OutputExistsError, UsageError
+from .io import atomic_path
+
+
+class PictureFolder:
+    """Where the per-image pictures of one run go.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Created if missing; a file there is a UsageError.
+    suffix : str
+        Ends every name, e.g. '_cam.png'.
+    force : bool, default False
+        Replace existing pictures.
+
+    Raises
+    ------
+    UsageError
+        `folder` is an existing file.
+    """
+
+    def __init__(self, folder: str | Path, *, suffix: str, force: bool = False):
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UsageError(f"{self.folder}: is a file; give a folder for the pictures")
+        self.suffix, self.force = suffix, force
+        self._taken: set[str] = set()
+
+    def name_for(self, source: str) -> str:
+        """The picture's file name for input `source` (remembered, so each name is given once)."""
+        name = Path(source).stem + self.suffix
+        if name in self._taken:
+            flat = re.sub(r"[^\w.-]+", "__", os.path.splitext(os.path.normpath(source))[0]).strip("_.")
+            name = flat + self.suffix
+            n = 2
+            while name in self._taken:
+                name, n = f"{flat}_{n}{self.suffix}", n + 1
+        self._taken.add(name)
+        return name
+
+    def write(self, source: str, rgb: np.ndarray) -> Path:
+        """Write the picture of `source` as PNG and return its path.
+
+        Raises
+        ------
+        OutputExistsError
+            The picture exists and `force` is not set, or it would be the input itself.
+        """
+        from PIL import Image
+
+        path = self.folder / self.name_for(source)
+        if os.path.exists(path) and os.path.samefile(path, source):
+            raise OutputExistsError(f"{path}: is the input image itself; choose another output folder")
+        if path.exists() and not self.force:
+            raise OutputExistsError(f"{path}: exists; use --force to replace it")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, keep_suffix=True) as tmp:
+            # compress_level 3: a third of the time of the default 6 for 2-5 % more bytes on these pictures
+            Image.fromarray(rgb).save(tmp, compress_level=3)
+        return path
