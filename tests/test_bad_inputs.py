@@ -551,7 +551,8 @@ def small_data(root: Path, n: int = 6, classes=("lamellar", "porosity")) -> Path
 
 
 def train(*args, **kw):
-    return cli("train", *args, "--epochs", kw.pop("epochs", "1"), "--workers", "0", "--img-size", "32", **kw)
+    arch = () if "--arch" in map(str, args) else ("--arch", "lenet")  # the quick network unless a test names one
+    return cli("train", *args, "--epochs", kw.pop("epochs", "1"), "--workers", "0", "--img-size", "32", *arch, **kw)
 
 
 def test_missing_pretrained_file_fails_before_reading_data(tmp_path):
@@ -597,7 +598,7 @@ def test_ctrl_c_while_reading_images_leaves_a_replaceable_or_resumable_folder(tm
     data = small_data(tmp_path / "data", n=40)
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "microcli", "train", str(data), "-o", str(run), "--epochs", "1",
-                             "--workers", "0", "--img-size", "32", "--preprocess", "denoise:method=nlm"],
+                             "--workers", "0", "--img-size", "32", "--preprocess", "denoise:method=nlm", "--arch", "lenet"],
                             stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:

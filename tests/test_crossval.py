@@ -41,8 +41,8 @@ def grouped_manifest(tmp_path: Path, per_group: int = 4) -> Path:
 @pytest.fixture(scope="module")
 def cv_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cv")
-    cfg = TrainConfig(data=str(grouped_manifest(tmp)), out=str(tmp / "run"), epochs=2, img_size=32, workers=0,
-                      folds=3, refit=True)
+    cfg = TrainConfig(data=str(grouped_manifest(tmp)), out=str(tmp / "run"), arch="lenet", epochs=2, img_size=32,
+                      workers=0, folds=3, refit=True)
     return cross_validate(cfg)
 
 
@@ -91,7 +91,7 @@ def test_refit_trains_one_final_model_on_all_images(cv_run):
 
 def test_more_folds_than_groups_is_refused(tmp_path):
     r = runner.invoke(app, ["train", str(grouped_manifest(tmp_path, per_group=32)), "-o", str(tmp_path / "run"),
-                            "--folds", "7", "--epochs", "1", "--img-size", "32", "--workers", "0"])
+                            "--folds", "7", "--epochs", "1", "--img-size", "32", "--workers", "0", "--arch", "lenet"])
     assert r.exit_code == 1, r.stderr
     assert "fold" in r.stderr and not (tmp_path / "run" / "fold-1").exists()
 
@@ -104,7 +104,7 @@ def test_refit_needs_folds(tmp_path):
 def test_interrupted_cross_validation_resumes_at_its_fold(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "microcli", "train", str(grouped_manifest(tmp_path)), "-o", str(run), "--folds", "3",
-           "--epochs", "3", "--img-size", "32", "--workers", "0"]
+           "--epochs", "3", "--img-size", "32", "--workers", "0", "--arch", "lenet"]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     seen, in_fold2 = [], False
     deadline = time.time() + 180

@@ -265,7 +265,10 @@ def test_an_onnx_file_predicts_without_torch(trained_run, tmp_path):
 def test_a_bundle_is_converted_once_and_then_runs_from_the_cache(trained_run, engine_cache):
     files = sorted(str(p) for p in (SAMPLE / "porosity").glob("*.png"))[:3]
     first = predict_rows(trained_run, "--engine", "onnxruntime", files=files)
-    cached = list((engine_cache / "onnx").glob("*.onnx"))
+    from microcli.engines import cache_key
+
+    # other tests convert their own bundles into the same session cache: look for this one's
+    cached = list((engine_cache / "onnx").glob(f"{cache_key(trained_run / 'best.pt')}*.onnx"))
     assert len(cached) == 1 and load_model(cached[0]).classes == CLASSES
     r = run_without(["torch"], "predict", str(trained_run), *files, "--engine", "onnxruntime", "--workers", "0",
                     "--all-probs", "--format", "jsonl")

@@ -162,7 +162,7 @@ def test_bad_data_sets_fail_before_training(tmp_path, spec, message):
 
 def test_a_class_that_cannot_be_held_out_trains_with_a_warning(tmp_path):
     data = make_classes(tmp_path / "data", {"a": 6, "b b": 1})
-    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", "--workers", "0",
+    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", "--workers", "0", "--arch", "lenet",
                             "--img-size", "32"])
     assert r.exit_code == 0, r.stderr
     assert "warning:" in r.stderr and "'b b'" in r.stderr
@@ -173,7 +173,7 @@ def test_a_class_that_cannot_be_held_out_trains_with_a_warning(tmp_path):
 def test_unreadable_images_are_skipped_and_listed_or_fail_with_strict(tmp_path, truncated_png):
     data = make_classes(tmp_path / "data", {"grain boundaries (etched)": 6, "pearlite, coarse": 6})
     shutil.copy(truncated_png, data / "pearlite, coarse" / "zz_broken.png")
-    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", "--workers", "0",
+    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", "--workers", "0", "--arch", "lenet",
                             "--img-size", "32"])
     assert r.exit_code == 3, r.stderr
     assert "zz_broken.png: truncated or corrupt image data" in r.stderr
@@ -246,7 +246,7 @@ def test_list_models_on_stdout():
 def test_torchrun_two_processes_write_one_bundle(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "microcli", "train", str(SAMPLE), "-o", str(tmp_path / "ddp"), "--epochs", "2", "--img-size", "32",
+           "-m", "microcli", "train", str(SAMPLE), "-o", str(tmp_path / "ddp"), "--epochs", "2", "--img-size", "32", "--arch", "lenet",
            "--workers", "0", "--threads", "1"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -260,7 +260,7 @@ def test_torchrun_two_processes_write_one_bundle(tmp_path):
 
 
 def test_ctrl_c_writes_last_pt_and_prints_the_resume_command(tmp_path):
-    cmd = [sys.executable, "-m", "microcli", "train", str(SAMPLE), "-o", str(tmp_path / "run"), "--epochs", "500",
+    cmd = [sys.executable, "-m", "microcli", "train", str(SAMPLE), "-o", str(tmp_path / "run"), "--epochs", "500", "--arch", "lenet",
            "--workers", "0", "--img-size", "64"]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     lines = []
