@@ -180,8 +180,8 @@ def onnx_proto(model: ModelFile, *, opset: int = DEFAULT_OPSET):
     """The bundle's `ExportNet` as an ONNX ModelProto, without metadata and not yet checked.
 
     Exporter: torch.onnx's TorchScript-based exporter (``dynamo=False``). The torch.export-based one,
-    torch's default since 2.9, also works here but needs the onnxscript package, took 5x longer for
-    ResNet-18 (7 s against 1.5 s) and prints progress on stdout; this one needs only torch.
+    torch's default since 2.9, also works here but needs the onnxscript package, took 2 to 6x longer
+    (ResNet-18: 7.4 s against 1.5 to 3.5 s) and prints progress on stdout; this one needs only torch.
     """
     try:
         import onnx

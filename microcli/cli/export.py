@@ -48,7 +48,8 @@ def export(
                               authors=author or None, license=license_)
     for note in result.notes:
         err.print(f"note: {note}")
-    checks = "; ".join(f"{name}: max softmax difference {c['max_abs_diff']:.2g} on {c['images']}"
+    checks = "; ".join(f"{name}" + (f" run by {', '.join(c['runtimes'])}" if c.get("runtimes") else "")
+                       + f": max softmax difference {c['max_abs_diff']:.2g} on {c['images']}"
                        for name, c in result.checks.items())
     err.print(f"wrote {result.path} ({result.format}, {result.size / 1e6:.1f} MB, {result.seconds:.1f} s); "
               f"checked against PyTorch ({checks})")

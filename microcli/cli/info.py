@@ -51,12 +51,11 @@ def info(
             ("metrics", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.metrics.items())),
             ("versions", ", ".join(f"{k} {v}" for k, v in b.versions.items())),
             ("resumable (last.pt)", "yes" if data["resumable"] else "no")]
-    if b.export:
-        e = b.export
-        check = e.get("check", {})
-        rows[-1] = ("exported", f"{e.get('format')} by {e.get('exporter')}" + (f", opset {e['opset']}" if "opset" in e
-                                                                              else "")
-                    + ", dynamic batch; " + ", ".join(f"{k} {v}" for k, v in e.get("versions", {}).items()))
+    if b.export:  # an exported file: how it was made replaces "resumable"
+        e, check = b.export, b.export.get("check", {})
+        how = f"{e.get('format')} by {e.get('exporter')}" + (f", opset {e['opset']}" if "opset" in e else "")
+        rows[-1] = ("exported", f"{how}, dynamic batch; " + ", ".join(f"{k} {v}" for k, v in e.get("versions",
+                                                                                                    {}).items()))
         if check:
             rows.append(("export check", f"max softmax difference {check.get('max_abs_diff', float('nan')):.2g} "
                                          f"(tolerance {check.get('tolerance')}) on {check.get('images')}"))
