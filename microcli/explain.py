@@ -125,8 +125,9 @@ class CamExplainer:
     def classes(self) -> list[str]:
         return self.predictor.classes
 
-    def _views_cam(self, views: torch.Tensor, pick: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax (V, K) and maps (V, h, w) of network inputs; `pick(probs)` gives each view's target."""
+    def _forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 logits (V, K) of network inputs, and the hooked layer's output as a leaf that requires a
+        gradient: autograd records only the head after the layer, the layers before it run as in predict."""
         p = self.predictor
         captured: list[torch.Tensor] = []
 
@@ -139,16 +140,23 @@ class CamExplainer:
         try:
             with torch.enable_grad():
                 logits = model_logits(p.model, views, p.spec, p.device, p.dtype, p.channels_last)
-                probs = F.softmax(logits.detach(), 1).cpu().numpy()
-                target = torch.as_tensor(pick(probs), device=logits.device)
-                score = logits.gather(1, target[:, None]).sum()
-                acts = captured[0]
-                (grads,) = torch.autograd.grad(score, acts)
         finally:
             handle.remove()
+        return logits, captured[0]
+
+    def _cam(self, logits: torch.Tensor, acts: torch.Tensor, target: np.ndarray) -> np.ndarray:
+        """Maps (V, h, w) at the layer's resolution for each view's `target` class."""
+        t = torch.as_tensor(target, device=logits.device, dtype=torch.long)
+        with torch.enable_grad():
+            (grads,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), acts)
         acts, grads = acts.detach().float(), grads.float()
-        cam = F.relu((_cam_weights(acts, grads, self.method) * acts).sum(1))
-        return probs, cam.cpu().numpy()
+        return F.relu((_cam_weights(acts, grads, self.method) * acts).sum(1)).cpu().numpy()
+
+    def _views_cam(self, views: torch.Tensor, pick: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Softmax (V, K) and maps (V, h, w) of network inputs; `pick(probs)` gives each view's target."""
+        logits, acts = self._forward(views)
+        probs = F.softmax(logits.detach(), 1).cpu().numpy()
+        return probs, self._cam(logits, acts, pick(probs))
 
     def explain_arrays(self, arrays: Sequence[np.ndarray], *, target: int | None = None,
                        batch_size: int = 64) -> list[tuple[np.ndarray, int, np.ndarray, float]]:
@@ -159,7 +167,8 @@ class CamExplainer:
         arrays : sequence of ndarray, shape (C, H, W)
             From `inputs.prepare_array` with this model's spec.
         target : int or None
-            The class to explain; None: each image's predicted class.
+            The class to explain; None: each image's predicted class (of the tiles' mean softmax for
+            fit=crop models, as predict gives it).
         batch_size : int, default 64
             Network inputs at a time (16 on a CPU, where that is faster, as in `Predictor`).
         """
@@ -167,31 +176,19 @@ class CamExplainer:
             return []
         views, owner = eval_views(arrays, self.predictor.spec)
         step = min(batch_size, CPU_MICRO_BATCH) if self.predictor.device.type == "cpu" else batch_size
-        tiled = len(views) != len(arrays)
-        if tiled:  # the image's class comes from all its tiles: predict every tile first
-            tile_probs = np.concatenate([self.predictor.probs(views[i:i + step]) for i in range(0, len(views), step)])
-            image_probs = average_views(tile_probs, owner, len(arrays))
-            targets = image_probs.argmax(1) if target is None else np.full(len(arrays), target)
-        probs_parts, cam_parts = [], []
-        for i in range(0, len(views), step):
-            if tiled:
-                chosen = targets[owner[i:i + step]]
-                pick = lambda probs, chosen=chosen: chosen  # noqa: E731
-            else:
-                pick = (lambda probs: probs.argmax(1)) if target is None else (lambda probs: np.full(len(probs), target))
-            pr, cm = self._views_cam(views[i:i + step], pick)
-            probs_parts.append(pr)
-            cam_parts.append(cm)
-        probs = np.concatenate(probs_parts)
-        cams = np.concatenate(cam_parts)
-        if not tiled:
-            out = []
-            for a, pr, cm in zip(arrays, probs, cams):
-                t = int(pr.argmax()) if target is None else target
-                out.append((pr, t, *_finish(place_map(cm, a.shape[-2:], **self.geometry))))
-            return out
-        size = self.predictor.spec.img_size
-        return [(image_probs[n], int(targets[n]), *_finish(_combine_tiles(a, cams[owner == n], size, self.geometry)))
+        # One forward pass per view; the backward passes wait until every tile of an image has voted, as
+        # the image's class is that of its tiles' mean softmax. Only the small heads are kept meanwhile.
+        passes = [self._forward(views[i:i + step]) for i in range(0, len(views), step)]
+        view_probs = np.concatenate([F.softmax(lg.detach(), 1).cpu().numpy() for lg, _ in passes])
+        probs = view_probs if len(views) == len(arrays) else average_views(view_probs, owner, len(arrays))
+        targets = probs.argmax(1) if target is None else np.full(len(arrays), target)
+        cams = np.concatenate([self._cam(lg, acts, targets[owner[i * step:i * step + len(lg)]])
+                               for i, (lg, acts) in enumerate(passes)])
+        geo, size = self.geometry, self.predictor.spec.img_size
+        if len(views) == len(arrays):
+            return [(probs[n], int(targets[n]), *_finish(place_map(cams[n], a.shape[-2:], **geo)))
+                    for n, a in enumerate(arrays)]
+        return [(probs[n], int(targets[n]), *_finish(_combine_tiles(a, cams[owner == n], size, geo)))
                 for n, a in enumerate(arrays)]
 
 
