@@ -10,7 +10,7 @@ Everything is inline: pictures are data: URIs, the style and the small script ar
 opens offline, from a mail attachment or a USB stick, with no server. It stays small for any number of
 images: at most `max_misclassified` thumbnails (the rest are listed in a table of at most `table_rows`
 rows) and `correct_per_class` correct examples per class; the page says what it left out. Thumbnails are
-JPEG (about 5 kB each), so a page with the default caps stays near 1-2 MB.
+JPEG (about 6 kB each), so a page with the default caps stays near 1-2 MB.
 """
 
 from __future__ import annotations
