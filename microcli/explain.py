@@ -12,9 +12,9 @@ here with one forward hook and one `torch.autograd.grad` call per batch:
 - the hook replaces the layer's output by a detached copy that requires a gradient, so autograd records
   only the small head after it (pooling and the classifier): explaining costs little more than
   predicting;
-- fit=crop models see tiles at native scale (`inference.eval_views`); each tile's map is upsampled to
-  the tile and the tiles are averaged per pixel into one map of the whole image, for the class that the
-  averaged softmax (the image's prediction) chose.
+- fit=crop models see tiles at native scale (`inference.eval_views`); each tile's map is placed on the
+  tile and the tiles are averaged per pixel (weighted towards each tile's middle) into one map of the
+  whole image, for the class that the averaged softmax (the image's prediction) chose.
 
 The library never prints: `explain_stream` yields one `Explanation` per input, errors included, and
 `render_explanation` returns the picture as an array.
@@ -219,19 +219,23 @@ def place_map(cam: np.ndarray, size: tuple[int, int], *, stride: float, offset: 
 
 
 def _combine_tiles(array: np.ndarray, cams: np.ndarray, size: int, geometry: dict) -> np.ndarray:
-    """Tile maps (in `eval_views` order) averaged per pixel into one map of the whole array."""
+    """Tile maps (in `eval_views` order) combined per pixel into one map of the whole array: a mean
+    weighted by a window that fades towards each tile's edges (overlap-add), so that where tiles overlap
+    the one that sees a pixel in its middle counts most, and no seam shows along tile borders."""
     from .inference import tile_origins
 
     h, w = array.shape[-2:]
+    ramp = np.sin(np.pi * (np.arange(size) + 0.5) / size).astype(np.float32)  # > 0 everywhere
+    window = np.outer(ramp, ramp)
     total = np.zeros((h, w), np.float32)
-    count = np.zeros((h, w), np.float32)
+    weight = np.zeros((h, w), np.float32)
     k = 0
     for y in tile_origins(h, size):
         for x in tile_origins(w, size):
-            total[y:y + size, x:x + size] += place_map(cams[k], (size, size), **geometry)
-            count[y:y + size, x:x + size] += 1
+            total[y:y + size, x:x + size] += window * place_map(cams[k], (size, size), **geometry)
+            weight[y:y + size, x:x + size] += window
             k += 1
-    return total / np.maximum(count, 1)
+    return total / weight
 
 
 def _finish(cam: np.ndarray) -> tuple[np.ndarray, float]:
