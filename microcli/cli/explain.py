@@ -18,8 +18,8 @@ def explain(
                                                                 "<name>_cam.png).")] = None,
     class_name: Annotated[str, typer.Option("--class", help="Show the evidence for this class instead of the "
                                                             "predicted one.")] = None,
-    method: Annotated[CamMethod, typer.Option("--method", help="gradcam, or gradcam++ (sharper where a class "
-                                                               "shows in several places).")] = CamMethod.gradcam,
+    method: Annotated[CamMethod, typer.Option("--method", help="gradcam, or gradcam++ (each position weighted "
+                                                               "by its own share of the gradient).")] = CamMethod.gradcam,
     filters: Annotated[Path, typer.Option("--filters", help="Write a PNG of the first layer's kernels beside the "
                                                             "classical kernels they resemble, and (with an input) "
                                                             "its feature maps beside microcli preprocess outputs "
