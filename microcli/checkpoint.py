@@ -27,6 +27,8 @@ REQUIRED = ("format", "format_version", "arch", "classes", "input", "state_dict"
 
 @dataclass
 class Bundle:
+    """A model bundle: the network's weights with everything predict needs (architecture, classes, input
+    spec), the training config, metrics, data summary and versions; `training_state` in last.pt only."""
     arch: str
     classes: list[str]
     input: InputSpec
@@ -39,6 +41,7 @@ class Bundle:
     path: str = ""
 
     def build_model(self) -> nn.Module:
+        """The network with these weights, in eval mode; a CheckpointError when they do not fit the architecture."""
         model = create_model(self.arch, len(self.classes), self.input.channels)
         try:
             model.load_state_dict(self.state_dict)
@@ -47,6 +50,7 @@ class Bundle:
         return model.eval()
 
     def to_dict(self) -> dict[str, Any]:
+        """The plain dict saved by `save_bundle` (readable with ``torch.load(weights_only=True)``)."""
         d = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": self.arch, "classes": list(self.classes),
              "input": self.input.to_dict(), "state_dict": self.state_dict, "train_config": self.train_config,
              "metrics": self.metrics, "data_summary": self.data_summary, "versions": self.versions}
@@ -56,6 +60,7 @@ class Bundle:
 
 
 def versions() -> dict[str, str]:
+    """microcli, torch and torchvision versions as plain strings (recorded in every bundle and run)."""
     import torchvision
 
     # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses.

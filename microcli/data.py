@@ -22,6 +22,7 @@ SPLIT_NAMES = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Item:
+    """One labelled image: its path, class label and group (specimen; None when unknown)."""
     path: str
     label: str
     group: str | None = None
@@ -37,9 +38,11 @@ class Discovered:
 
     @property
     def presplit(self) -> bool:
+        """True when DATA came split (train/val/test folders or a split column)."""
         return "all" not in self.splits
 
     def items(self) -> list[Item]:
+        """Every item of every part, in order."""
         return [it for items in self.splits.values() for it in items]
 
 
@@ -156,6 +159,7 @@ def _read_manifest(path: Path, *, min_classes: int = 2) -> Discovered:
 
 
 def write_split_csv(path: str | Path, splits: dict[str, list[Item]]) -> None:
+    """Write `split.csv` (path,label,group,split) for the parts of a split."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "group", "split"])
@@ -165,6 +169,7 @@ def write_split_csv(path: str | Path, splits: dict[str, list[Item]]) -> None:
 
 
 def read_split_csv(path: str | Path) -> dict[str, list[Item]]:
+    """The parts of a `split.csv`, by split name."""
     out: dict[str, list[Item]] = defaultdict(list)
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):

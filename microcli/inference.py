@@ -21,6 +21,7 @@ from .modelfile import ModelFile
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The torch device for 'auto' (CUDA, then MPS, then CPU) or a named one; UsageError when absent."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -69,6 +70,7 @@ def pick_dtype(precision: str, device: torch.device, *, training: bool = False) 
 
 
 def set_threads(threads: int = 0) -> None:
+    """torch's intra-op threads: `threads`, or every core for 0."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
@@ -83,6 +85,7 @@ def eval_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> tuple[torch.Ten
 
 
 def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """(x - mean) / std per channel, with the training split's statistics from `spec`."""
     mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std

@@ -141,6 +141,7 @@ def sniff_format(path: str | Path) -> str:
 
 
 def check_pixels(path: str | Path, height: int, width: int, max_pixels: int | None) -> None:
+    """Raise ImageTooLargeError when height x width exceeds the limit (None: the default; 0: none)."""
     limit = resolve_max_pixels(max_pixels)
     if limit and height * width > limit:
         raise ImageTooLargeError(path, f"{width}x{height} = {width * height:,} pixels > limit {limit:,}")
@@ -282,6 +283,7 @@ def has_colour(data: np.ndarray, tol: float = 2.5 / 255) -> bool:
 
 
 def to_gray(data: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of an (H, W, 3) array; a 2-D array is returned as it is."""
     if data.ndim == 2:
         return data
     # ITU-R 601 luma, the weights Pillow uses, so that 'gray' matches Image.convert('L').

@@ -27,6 +27,7 @@ from .io import IMAGE_EXTENSIONS, find_images
 
 @dataclass
 class Prediction:
+    """One input's result: softmax probabilities, or the error that names the file; tiles and shape with --tile."""
     path: str
     probs: np.ndarray | None = None  # (K,) softmax, aggregated over tiles when tiling
     error: str | None = None
@@ -37,6 +38,7 @@ class Prediction:
 
 @dataclass(frozen=True)
 class TileSpec:
+    """`--tile`: tile side and stride in pixels, and how tile probabilities combine."""
     size: int
     stride: int
     aggregate: str = "mean"  # mean | vote | max
@@ -59,6 +61,7 @@ def expand_inputs(inputs: Iterable[str], *, recursive: bool, stdin=None, nul: bo
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`--shard K/N` as (K, N), None when not given; a UsageError for anything else."""
     if not text:
         return None
     try:
@@ -100,6 +103,7 @@ def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray], tupl
 
 
 def aggregate(probs: np.ndarray, how: str) -> np.ndarray:
+    """One probability vector from a large image's tile probabilities: mean, vote or max."""
     if how == "mean":
         return probs.mean(0)
     if how == "vote":
@@ -251,6 +255,7 @@ def prediction_row(pred: Prediction, classes: list[str], *, top_k: int = 1, all_
 
 def row_columns(classes: list[str], *, top_k: int = 1, all_probs: bool = False, uncertain: bool = False,
                 fractions: bool = False) -> list[str]:
+    """The CSV/TSV header of predict's rows for these options."""
     cols = ["path", "class", "confidence"] + (["uncertain"] if uncertain else [])
     for r in range(1, min(top_k, len(classes))):
         cols += [f"top{r + 1}_class", f"top{r + 1}_confidence"]

@@ -84,6 +84,7 @@ def split_table(images: dict[str, dict[str, int]], groups: dict[str, dict[str, i
 
 
 def per_class_table(report: dict) -> Table:
+    """Precision, recall, F1, support and confidences per class, as a rich table."""
     t = Table(title="per class (conf.: mean softmax confidence of right / wrong predictions)")
     t.add_column("class", no_wrap=True)
     for col in ("precision", "recall", "F1", "support", "predicted", "conf. right", "conf. wrong"):
@@ -118,6 +119,7 @@ def confusion_table(report: dict) -> Table:
 
 
 def confused_pairs_text(report: dict, n: int = 5) -> Text:
+    """The `n` most frequent (true -> predicted) confusions as text."""
     pairs = report["most_confused"][:n]
     if not pairs:
         return Text("no confusions", style="green")
@@ -127,11 +129,13 @@ def confused_pairs_text(report: dict, n: int = 5) -> Text:
 
 
 def report_renderable(report: dict, title: str = "summary") -> Group:
+    """Summary, per-class table, confusion matrix and confused pairs, for a rich console."""
     return Group(summary_table(report, title), per_class_table(report), confusion_table(report),
                  confused_pairs_text(report))
 
 
 def report_text(report: dict, title: str = "summary", width: int = 120) -> str:
+    """The report as plain text (the run folder's `*report.txt`)."""
     console = Console(width=width, record=True, file=open(os.devnull, "w"), color_system=None)
     console.print(report_renderable(report, title))
     return console.export_text()
@@ -147,6 +151,7 @@ def _atomic_write(path: str | Path, write) -> None:
 
 
 def write_json(path, obj) -> None:
+    """Write `obj` as indented JSON, atomically."""
     _atomic_write(path, lambda fh: (json.dump(obj, fh, indent=2), fh.write("\n")))
 
 
@@ -160,6 +165,7 @@ def _write_rows(path, header: Sequence[str], rows) -> None:
 
 
 def write_per_class_csv(path, report: dict) -> None:
+    """Write the per-class table as CSV."""
     keys = ["class", "precision", "recall", "f1", "support", "predicted", "mean_confidence_correct",
             "mean_confidence_wrong"]
     _write_rows(path, keys, ([c[k] if c[k] is not None else "" for k in keys] for c in report["per_class"]))
@@ -173,6 +179,7 @@ def write_confusion_csv(path, report: dict) -> None:
 
 
 def write_misclassified_csv(path, report: dict) -> None:
+    """Write the wrong predictions, worst (lowest p_true) first, as CSV."""
     keys = ["path", "true", "predicted", "p_true", "p_predicted"]
     _write_rows(path, keys, ([m[k] for k in keys] for m in report["misclassified"]))
 
@@ -255,6 +262,7 @@ def plot_curves(path, rows: Sequence[dict]) -> None:
 
 
 def write_report_text(path, report: dict) -> None:
+    """Write `report_text` to a file, atomically."""
     _atomic_write(path, lambda fh: fh.write(report_text(report)))
 
 

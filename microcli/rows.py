@@ -35,6 +35,7 @@ class RowWriter:
                 self.w.writeheader()
 
     def write(self, row: dict) -> None:
+        """Write one row (flushed at once on stdout)."""
         if self.fmt == "jsonl":
             self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         elif "error" not in row:
@@ -120,6 +121,7 @@ class RowSink:
                                         "file name")
 
     def write(self, row: dict) -> None:
+        """Write one row (flushed at once on stdout)."""
         self.writer.write(row)
         if self.output is None:
             self.fh.flush()

@@ -98,6 +98,7 @@ class Runtime:
 
     @property
     def main(self) -> bool:
+        """True on rank 0, the only one that writes."""
         return self.rank == 0
 
     @classmethod
@@ -144,6 +145,7 @@ class TrainData:
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
+        """(path, message) of every unreadable training or validation image."""
         return self.train.failed + self.val.failed
 
 
@@ -307,6 +309,7 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
+        """True after `patience` epochs without improvement, once `min_epochs` are done."""
         return bool(self.patience) and self.bad_epochs >= self.patience and self.epoch >= self.min_epochs
 
 
@@ -709,6 +712,7 @@ class StopOnSigint:
         self.flag = True
 
     def requested(self) -> bool:
+        """Whether Ctrl-C was pressed (on any rank, under torchrun)."""
         if self.env.world == 1:
             return self.flag
         flag = torch.tensor([1.0 if self.flag else 0.0])

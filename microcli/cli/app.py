@@ -39,6 +39,7 @@ def _version(value: bool) -> None:
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
+    """Classify micrographs: classical filters, CNN training, evaluation and batch prediction."""
     pass
 
 
@@ -59,4 +60,5 @@ app.command()(export)
 
 
 def main() -> None:
+    """The `microcli` console script."""
     app()

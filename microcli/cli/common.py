@@ -37,6 +37,7 @@ def abort(message: str, code: int = 1) -> NoReturn:
 
 
 def warn(message: str) -> None:
+    """One yellow 'warning:' line on stderr."""
     say("[yellow]warning:[/]", message)
 
 
@@ -86,6 +87,7 @@ def progress(quiet: bool = False):
 
 
 def stdin_stream():
+    """The stream '-' reads paths from (stdin)."""
     return sys.stdin
 
 

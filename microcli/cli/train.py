@@ -15,6 +15,7 @@ _LR_HELP = ", ".join(f"{m.default_lr:g} {n}" for n, m in REGISTRY.items())
 
 
 def list_models() -> None:
+    """The registry as a table on stdout (`train --list-models`)."""
     from rich.table import Table
 
     from .common import out

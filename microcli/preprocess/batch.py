@@ -17,12 +17,14 @@ from .pipeline import Pipeline
 
 @dataclass(frozen=True)
 class Job:
+    """One file to filter: the source and the output it will be written to."""
     source: str
     target: str
 
 
 @dataclass(frozen=True)
 class FileResult:
+    """What happened to one job: its error (None: written) and the warnings raised on the way."""
     source: str
     target: str
     error: str | None = None
@@ -35,6 +37,7 @@ class FileResult:
 
 @dataclass
 class BatchSummary:
+    """Running totals of a batch: files written and failed, seconds, and the failures."""
     done: int = 0
     failed: int = 0
     seconds: float = 0.0
@@ -129,6 +132,7 @@ def _check_float_range(path: str, data, pipeline: Pipeline) -> None:
 
 
 def process_one(job: Job, pipeline: Pipeline, max_pixels: int | None, force: bool) -> FileResult:
+    """Read, filter and write one file; any failure is returned as the message naming the file."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
