@@ -72,14 +72,13 @@ def predict(
 
       microcli predict model.onnx scans -r --engine onnxruntime             # an exported model
     """
-    from ..classmap import class_map, class_map_picture
     from ..engines import Predictor, load_for_engine
     from ..errors import UsageError
     from ..io import atomic_open, resolve_max_pixels
     from ..parallel import auto_workers
     from ..predict import TileSpec, expand_inputs, parse_shard, predict_stream, prediction_row, row_columns, shard_of
     from ..outputs import PictureFolder
-    from ..rows import RowSink, tile_rows
+    from ..rows import RowSink
 
     failed = done = 0
     with errors_to_exit(), quiet_broken_pipe():
@@ -99,20 +98,13 @@ def predict(
         tiles = TileSpec(tile, stride or tile, aggregate.value) if tile else None
         with RowSink(output, fmt.value, cols, append=append, force=force) as sink, \
                 (atomic_open(per_tile) if per_tile else nullcontext()) as tile_fh:
-            tile_w = csv.writer(tile_fh) if tile_fh else None
-            if tile_w:
-                tile_w.writerow(["path", "x", "y", "class", *[f"p_{c}" for c in classes]])
+            extras = _Extras(classes, tiles, maps, want_fractions, tile_fh, max_pixels)
             # Paths from a pipe may come slowly: rows for what is ready go out when it pauses (0.2 s).
             stall = 0.2 if "-" in inputs else None
             for pred in predict_stream(predictor, paths, batch_size=batch_size, workers=auto_workers(workers, threads=True),
                                        tile=tiles, max_pixels=max_pixels, on_path=sink.note_input, flush_after=stall):
-                cmap = class_map(pred.shape, pred.tiles, tiles.size) if want_fractions and not pred.error else None
                 sink.write(prediction_row(pred, classes, top_k=top_k, all_probs=all_probs,
-                                          min_confidence=min_confidence,
-                                          fractions=cmap.fractions if cmap is not None else None))
-                if maps is not None and cmap is not None:
-                    maps.write(pred.path, class_map_picture(pred.path, cmap, classes, size=tiles.size,
-                                                            stride=tiles.stride, max_pixels=max_pixels))
+                                          min_confidence=min_confidence, fractions=extras.fractions(pred)))
                 if pred.error:
                     failed += 1
                     report_failure(pred.error)
@@ -123,8 +115,6 @@ def predict(
                     done += 1
                     if pred.warning:
                         warn(pred.warning)
-                    if tile_w and pred.tiles:
-                        tile_w.writerows(tile_rows(pred.path, pred.tiles, classes))
     if failed and done == 0:
         abort(f"all {failed} input(s) failed; nothing was predicted", 1)
     if failed:
@@ -133,3 +123,31 @@ def predict(
     if done == 0:
         abort("no images found in " + ", ".join(inputs), 1)
 
+
+
+class _Extras:
+    """What --per-tile, --fractions and --map add for each prediction: tile rows, area fractions, class
+    map pictures."""
+
+    def __init__(self, classes, tiles, maps, want_fractions: bool, tile_fh, max_pixels):
+        self.classes, self.tiles, self.maps, self.want, self.max_pixels = classes, tiles, maps, want_fractions, max_pixels
+        self.tile_w = csv.writer(tile_fh) if tile_fh else None
+        if self.tile_w:
+            self.tile_w.writerow(["path", "x", "y", "class", *[f"p_{c}" for c in classes]])
+
+    def fractions(self, pred) -> dict | None:
+        """Write this image's tile rows and class map; its area fractions (None without --fractions/--map)."""
+        from ..classmap import class_map, class_map_picture
+        from ..rows import tile_rows
+
+        if pred.error:
+            return None
+        if self.tile_w and pred.tiles:
+            self.tile_w.writerows(tile_rows(pred.path, pred.tiles, self.classes))
+        if not self.want:
+            return None
+        cmap = class_map(pred.shape, pred.tiles, self.tiles.size)
+        if self.maps is not None:
+            self.maps.write(pred.path, class_map_picture(pred.path, cmap, self.classes, size=self.tiles.size,
+                                                         stride=self.tiles.stride, max_pixels=self.max_pixels))
+        return cmap.fractions
