@@ -10,29 +10,38 @@ from ..options import Device, Engine, Precision, ReportFormat, Split
 from .common import (DeviceOpt, EngineOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, ThreadsOpt, WorkersOpt,
                      err, errors_to_exit, failed, out, progress, say, warn)
 
+_DataOpt = Annotated[Path, typer.Argument(help="Class folders, split folders or a CSV manifest; omitted: the run's own "
+                                               "split.csv.")]
+_SplitOpt = Annotated[Split, typer.Option("--split", help="auto: test if the data has one; else val for the run's own "
+                                                          "split, all for DATA.")]
+_TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="Top-k accuracy (default 2 with more than 2 classes).")]
+_FmtOpt = Annotated[ReportFormat, typer.Option("--format", "-f", help="table (people) or json (programs) on stdout.")]
+_JsonFileOpt = Annotated[Path, typer.Option("--json", help="Write the full report as JSON.")]
+_CsvFileOpt = Annotated[Path, typer.Option("--csv", help="Write the per-class table as CSV.")]
+_ConfusionCsvOpt = Annotated[Path, typer.Option("--confusion-csv", help="Write the confusion matrix (counts) as CSV.")]
+_MisclassifiedOpt = Annotated[Path, typer.Option("--misclassified", help="Write the wrong predictions, worst first.")]
+_PlotOpt = Annotated[Path, typer.Option("--plot", help="Write the confusion matrices (counts, normalised) as PNG.")]
+_HtmlFileOpt = Annotated[Path, typer.Option("--html", help="Write one self-contained HTML page: metrics, matrices, "
+                                                           "curves, the misclassified images with heat maps (opens "
+                                                           "offline).")]
+_TtaOpt = Annotated[bool, typer.Option("--tta", help="Average over flips and 90-degree rotations.")]
+_BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
+
+
 def evaluate(
     model: ModelArg,
-    data: Annotated[Path, typer.Argument(help="Class folders, split folders or a CSV manifest; omitted: the run's "
-                                              "own split.csv.")] = None,
-    split: Annotated[Split, typer.Option("--split", help="auto: test if the data has one; else val for the run's "
-                                                         "own split, all for DATA.")] = Split.auto,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Top-k accuracy (default 2 with more than 2 "
-                                                              "classes).")] = None,
-    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="table (people) or json (programs) on "
-                                                                     "stdout.")] = None,
-    json_file: Annotated[Path, typer.Option("--json", help="Write the full report as JSON.")] = None,
-    csv_file: Annotated[Path, typer.Option("--csv", help="Write the per-class table as CSV.")] = None,
-    confusion_csv: Annotated[Path, typer.Option("--confusion-csv", help="Write the confusion matrix (counts) as "
-                                                                        "CSV.")] = None,
-    misclassified: Annotated[Path, typer.Option("--misclassified", help="Write the wrong predictions, worst "
-                                                                        "first.")] = None,
-    plot: Annotated[Path, typer.Option("--plot", help="Write the confusion matrices (counts, normalised) as "
-                                                      "PNG.")] = None,
-    html_file: Annotated[Path, typer.Option("--html", help="Write one self-contained HTML page: metrics, "
-                                                           "matrices, curves, the misclassified images with heat "
-                                                           "maps (opens offline).")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average over flips and 90-degree rotations.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 256,
+    data: _DataOpt = None,
+    split: _SplitOpt = Split.auto,
+    top_k: _TopKOpt = None,
+    fmt: _FmtOpt = None,
+    json_file: _JsonFileOpt = None,
+    csv_file: _CsvFileOpt = None,
+    confusion_csv: _ConfusionCsvOpt = None,
+    misclassified: _MisclassifiedOpt = None,
+    plot: _PlotOpt = None,
+    html_file: _HtmlFileOpt = None,
+    tta: _TtaOpt = False,
+    batch_size: _BatchSizeOpt = 256,
     workers: WorkersOpt = -1,
     engine: EngineOpt = Engine.auto,
     threads: ThreadsOpt = 0,

@@ -10,25 +10,33 @@ from .common import (DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, Preci
                      WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream)
 
 
+_InputsOpt = Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or '-' for paths on stdin.")]
+_OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Folder for the heat maps (one PNG per image, "
+                                                                 "<name>_cam.png).")]
+_ClassNameOpt = Annotated[str, typer.Option("--class", help="Show the evidence for this class instead of the predicted "
+                                                            "one.")]
+_MethodOpt = Annotated[CamMethod, typer.Option("--method", help="gradcam, or gradcam++ (each position weighted by its "
+                                                                "own share of the gradient).")]
+_FiltersOpt = Annotated[Path, typer.Option("--filters", help="Write a PNG of the first layer's kernels beside the "
+                                                             "classical kernels they resemble, and (with an input) its "
+                                                             "feature maps beside microcli preprocess outputs of the "
+                                                             "first image.")]
+_FmtOpt = Annotated[RowFormat, typer.Option("--format", "-f", help="Row format on stdout.")]
+_BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
+
+
 def explain(
     model: ModelArg,
-    inputs: Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or '-' for paths on "
-                                                     "stdin.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the heat maps (one PNG per image, "
-                                                                "<name>_cam.png).")] = None,
-    class_name: Annotated[str, typer.Option("--class", help="Show the evidence for this class instead of the "
-                                                            "predicted one.")] = None,
-    method: Annotated[CamMethod, typer.Option("--method", help="gradcam, or gradcam++ (each position weighted "
-                                                               "by its own share of the gradient).")] = CamMethod.gradcam,
-    filters: Annotated[Path, typer.Option("--filters", help="Write a PNG of the first layer's kernels beside the "
-                                                            "classical kernels they resemble, and (with an input) "
-                                                            "its feature maps beside microcli preprocess outputs "
-                                                            "of the first image.")] = None,
-    fmt: Annotated[RowFormat, typer.Option("--format", "-f", help="Row format on stdout.")] = RowFormat.csv,
+    inputs: _InputsOpt = None,
+    output: _OutputOpt = None,
+    class_name: _ClassNameOpt = None,
+    method: _MethodOpt = CamMethod.gradcam,
+    filters: _FiltersOpt = None,
+    fmt: _FmtOpt = RowFormat.csv,
     force: ForceOpt = False,
     recursive: RecursiveOpt = False,
     null: NullOpt = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    batch_size: _BatchSizeOpt = 64,
     workers: WorkersOpt = -1,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = Device.auto,

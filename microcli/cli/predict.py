@@ -13,38 +13,51 @@ from .common import (DeviceOpt, EngineOpt, ForceOpt, MaxPixelsOpt, ModelArg, Nul
 from .common import failed as report_failure
 
 
+_FmtOpt = Annotated[RowFormat, typer.Option("--format", "-f", help="Row format.")]
+_OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Write rows to FILE (atomically) instead of stdout.")]
+_AppendOpt = Annotated[bool, typer.Option("--append", help="With -o: append rows (no second header).")]
+_TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Also give the 2nd..K-th classes.")]
+_AllProbsOpt = Annotated[bool, typer.Option("--all-probs", help="A p_<class> column for every class.")]
+_MinConfidenceOpt = Annotated[float, typer.Option("--min-confidence", min=0, max=1, help="Mark rows below P as "
+                                                                                         "uncertain (an 'uncertain' "
+                                                                                         "column).")]
+_TileOpt = Annotated[int, typer.Option("--tile", min=8, help="Classify SIZE x SIZE tiles at native scale and aggregate "
+                                                             "them (large micrographs).")]
+_StrideOpt = Annotated[int, typer.Option("--stride", min=1, help="Tile step (default: the tile size).")]
+_AggregateOpt = Annotated[Aggregate, typer.Option("--aggregate", help="How tile softmaxes combine.")]
+_PerTileOpt = Annotated[Path, typer.Option("--per-tile", help="Write tile rows (path,x,y,class,p_...) as CSV.")]
+_MapDirOpt = Annotated[Path, typer.Option("--map", help="With --tile: write a class map per image (tile classes as a "
+                                                        "colour overlay, legend with area fractions) into DIR, and add "
+                                                        "the fractions to the rows.")]
+_FractionsOpt = Annotated[bool, typer.Option("--fractions", help="With --tile: the area fraction of each class "
+                                                                 "(frac_<class> columns; 'fractions' in jsonl), tile "
+                                                                 "softmaxes averaged per pixel.")]
+_OnErrorOpt = Annotated[OnError, typer.Option("--on-error", help="continue (exit 3 at the end) or fail.")]
+_ShardOpt = Annotated[str, typer.Option("--shard", help="K/N: only the K-th of N deterministic slices of the inputs.")]
+_BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
+
+
 def predict(
     model: ModelArg,
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or '-' for paths on stdin.")],
-    fmt: Annotated[RowFormat, typer.Option("--format", "-f", help="Row format.")] = RowFormat.csv,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Write rows to FILE (atomically) instead of "
-                                                                "stdout.")] = None,
-    append: Annotated[bool, typer.Option("--append", help="With -o: append rows (no second header).")] = False,
+    fmt: _FmtOpt = RowFormat.csv,
+    output: _OutputOpt = None,
+    append: _AppendOpt = False,
     force: ForceOpt = False,
     recursive: RecursiveOpt = False,
     null: NullOpt = False,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Also give the 2nd..K-th classes.")] = 1,
-    all_probs: Annotated[bool, typer.Option("--all-probs", help="A p_<class> column for every class.")] = False,
-    min_confidence: Annotated[float, typer.Option("--min-confidence", min=0, max=1,
-                                                  help="Mark rows below P as uncertain (an 'uncertain' "
-                                                       "column).")] = None,
-    tile: Annotated[int, typer.Option("--tile", min=8, help="Classify SIZE x SIZE tiles at native scale and "
-                                                            "aggregate them (large micrographs).")] = None,
-    stride: Annotated[int, typer.Option("--stride", min=1, help="Tile step (default: the tile size).")] = None,
-    aggregate: Annotated[Aggregate, typer.Option("--aggregate", help="How tile softmaxes combine.")] = Aggregate.mean,
-    per_tile: Annotated[Path, typer.Option("--per-tile", help="Write tile rows (path,x,y,class,p_...) as "
-                                                              "CSV.")] = None,
-    map_dir: Annotated[Path, typer.Option("--map", help="With --tile: write a class map per image (tile classes "
-                                                        "as a colour overlay, legend with area fractions) into "
-                                                        "DIR, and add the fractions to the rows.")] = None,
-    fractions: Annotated[bool, typer.Option("--fractions", help="With --tile: the area fraction of each class "
-                                                                "(frac_<class> columns; 'fractions' in jsonl), "
-                                                                "tile softmaxes averaged per pixel.")] = False,
-    on_error: Annotated[OnError, typer.Option("--on-error", help="continue (exit 3 at the end) or "
-                                                                 "fail.")] = OnError.continue_,
-    shard: Annotated[str, typer.Option("--shard", help="K/N: only the K-th of N deterministic slices of the "
-                                                       "inputs.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    top_k: _TopKOpt = 1,
+    all_probs: _AllProbsOpt = False,
+    min_confidence: _MinConfidenceOpt = None,
+    tile: _TileOpt = None,
+    stride: _StrideOpt = None,
+    aggregate: _AggregateOpt = Aggregate.mean,
+    per_tile: _PerTileOpt = None,
+    map_dir: _MapDirOpt = None,
+    fractions: _FractionsOpt = False,
+    on_error: _OnErrorOpt = OnError.continue_,
+    shard: _ShardOpt = None,
+    batch_size: _BatchSizeOpt = 64,
     workers: WorkersOpt = -1,
     engine: EngineOpt = Engine.auto,
     threads: ThreadsOpt = 0,
@@ -101,8 +114,9 @@ def predict(
             extras = _Extras(classes, tiles, maps, want_fractions, tile_fh, max_pixels)
             # Paths from a pipe may come slowly: rows for what is ready go out when it pauses (0.2 s).
             stall = 0.2 if "-" in inputs else None
-            for pred in predict_stream(predictor, paths, batch_size=batch_size, workers=auto_workers(workers, threads=True),
-                                       tile=tiles, max_pixels=max_pixels, on_path=sink.note_input, flush_after=stall):
+            n_workers = auto_workers(workers, threads=True)
+            for pred in predict_stream(predictor, paths, batch_size=batch_size, workers=n_workers, tile=tiles,
+                                       max_pixels=max_pixels, on_path=sink.note_input, flush_after=stall):
                 sink.write(prediction_row(pred, classes, top_k=top_k, all_probs=all_probs,
                                           min_confidence=min_confidence, fractions=extras.fractions(pred)))
                 if pred.error:
@@ -130,7 +144,8 @@ class _Extras:
     map pictures."""
 
     def __init__(self, classes, tiles, maps, want_fractions: bool, tile_fh, max_pixels):
-        self.classes, self.tiles, self.maps, self.want, self.max_pixels = classes, tiles, maps, want_fractions, max_pixels
+        self.classes, self.tiles, self.maps = classes, tiles, maps
+        self.want, self.max_pixels = want_fractions, max_pixels
         self.tile_w = csv.writer(tile_fh) if tile_fh else None
         if self.tile_w:
             self.tile_w.writerow(["path", "x", "y", "class", *[f"p_{c}" for c in classes]])

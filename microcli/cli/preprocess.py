@@ -26,21 +26,25 @@ def list_ops() -> None:
     out.print(table)
 
 
+_InputsOpt = Annotated[list[str], typer.Argument(help="Image files, folders, or '-' for paths on stdin.")]
+_OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder; the input tree is mirrored in it.")]
+_OpOpt = Annotated[list[str], typer.Option("--op", help="NAME[:key=value,...], repeatable, applied in order.")]
+_PipelineFileOpt = Annotated[Path, typer.Option("--pipeline", help="Read the ops from a pipeline.json instead.")]
+_ListOpt = Annotated[bool, typer.Option("--list", help="List the ops and their parameters, then exit.")]
+_JobsOpt = Annotated[int, typer.Option("--jobs", min=0, hidden=True, help="Old spelling: processes, 0 = all cores.")]
+_RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", "-r", help="Descend into sub-folders.")]
+
+
 def preprocess(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders, or '-' for paths on stdin.")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder; the input tree is mirrored in "
-                                                              "it.")] = None,
-    op: Annotated[list[str], typer.Option("--op", help="NAME[:key=value,...], repeatable, applied in "
-                                                       "order.")] = None,
-    pipeline_file: Annotated[Path, typer.Option("--pipeline", help="Read the ops from a pipeline.json "
-                                                                   "instead.")] = None,
-    list_: Annotated[bool, typer.Option("--list", help="List the ops and their parameters, then exit.")] = False,
+    inputs: _InputsOpt = None,
+    out_dir: _OutDirOpt = None,
+    op: _OpOpt = None,
+    pipeline_file: _PipelineFileOpt = None,
+    list_: _ListOpt = False,
     workers: WorkersOpt = -1,
-    jobs: Annotated[int, typer.Option("--jobs", min=0, hidden=True, help="Old spelling: processes, 0 = all "
-                                                                         "cores.")] = None,
+    jobs: _JobsOpt = None,
     force: ForceOpt = False,
-    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", "-r", help="Descend into "
-                                                                                     "sub-folders.")] = True,
+    recursive: _RecursiveOpt = True,
     null: NullOpt = False,
     max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,

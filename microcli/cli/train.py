@@ -123,10 +123,11 @@ def train(
 ) -> None:
     """Train a CNN on labelled micrographs and write a run folder.
 
-    RUN contains best.pt and last.pt (model bundles), config.json, split.csv, metrics.csv, curves.png and
-    the best model's validation report (val_report.json/.txt, val_per_class.csv, val_confusion.csv/.png,
-    val_misclassified.csv, and report.html: one page with the misclassified images and their heat maps). Ctrl-C stops after the current batch, writes last.pt and prints the command
-    that resumes. Runs under `torchrun --nproc_per_node N` as DistributedDataParallel.
+    RUN contains best.pt and last.pt (model bundles), config.json, split.csv, metrics.csv, curves.png and the
+    best model's validation report (val_report.json/.txt, val_per_class.csv, val_confusion.csv/.png,
+    val_misclassified.csv, and report.html: one page with the misclassified images and their heat maps).
+    Ctrl-C stops after the current batch, writes last.pt and prints the command that resumes. Runs under
+    `torchrun --nproc_per_node N` as DistributedDataParallel.
 
     With no options the recipe (backbone, input size, fit, preprocessing, batch size, length, sampling) is
     chosen from the data, printed, and written with its reasons to config.json.
@@ -172,9 +173,9 @@ def train(
 
 # The options that are TrainConfig fields of the same name (data and out are set apart).
 _CONFIG_FIELDS = ("arch", "epochs", "time", "batch_size", "sampler", "ema", "lr", "optimizer", "weight_decay",
-                  "warmup_epochs", "label_smoothing", "class_weights", "patience", "val_split", "seed", "img_size", "channels", "fit", "preprocess",
-                  "augment", "pretrained", "precision", "device", "workers", "threads", "cache", "deterministic",
-                  "strict", "max_pixels", "force", "group_by", "folds", "refit")
+                  "warmup_epochs", "label_smoothing", "class_weights", "patience", "val_split", "seed", "img_size",
+                  "channels", "fit", "preprocess", "augment", "pretrained", "precision", "device", "workers",
+                  "threads", "cache", "deterministic", "strict", "max_pixels", "force", "group_by", "folds", "refit")
 
 
 def _is_rank0() -> bool:
