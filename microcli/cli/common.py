@@ -107,6 +107,7 @@ ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="Threads that 
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=0, help="Refuse images with more pixels "
                                                                        "(default 200M or $MICROCLI_MAX_PIXELS; 0: no limit).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images the network sees at a time.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs (never inputs).")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")]
 NullOpt = Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated (find -print0).")]

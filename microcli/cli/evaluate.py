@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from ..options import Device, Engine, Precision, ReportFormat, Split
-from .common import (DeviceOpt, EngineOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, ThreadsOpt, WorkersOpt,
-                     err, errors_to_exit, failed, out, progress, say, warn)
+from .common import (BatchSizeOpt, DeviceOpt, EngineOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, ThreadsOpt,
+                     WorkersOpt, err, errors_to_exit, failed, out, progress, say, warn)
 
 _DataOpt = Annotated[Path, typer.Argument(help="Class folders, split folders or a CSV manifest; omitted: the run's own "
                                                "split.csv.")]
@@ -25,7 +25,6 @@ _HtmlFileOpt = Annotated[Path, typer.Option("--html", help="Write one self-conta
                                                            "curves, the misclassified images with heat maps (opens "
                                                            "offline).")]
 _TtaOpt = Annotated[bool, typer.Option("--tta", help="Average over flips and 90-degree rotations.")]
-_BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
 
 
 def evaluate(
@@ -41,7 +40,7 @@ def evaluate(
     plot: _PlotOpt = None,
     html_file: _HtmlFileOpt = None,
     tta: _TtaOpt = False,
-    batch_size: _BatchSizeOpt = 256,
+    batch_size: BatchSizeOpt = 256,
     workers: WorkersOpt = -1,
     engine: EngineOpt = Engine.auto,
     threads: ThreadsOpt = 0,

@@ -6,8 +6,8 @@ from typing import Annotated
 import typer
 
 from ..options import CamMethod, Device, Precision, RowFormat
-from .common import (DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt, ThreadsOpt,
-                     WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream)
+from .common import (BatchSizeOpt, DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
+                     ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream)
 
 
 _InputsOpt = Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or '-' for paths on stdin.")]
@@ -22,7 +22,6 @@ _FiltersOpt = Annotated[Path, typer.Option("--filters", help="Write a PNG of the
                                                              "feature maps beside microcli preprocess outputs of the "
                                                              "first image.")]
 _FmtOpt = Annotated[RowFormat, typer.Option("--format", "-f", help="Row format on stdout.")]
-_BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
 
 
 def explain(
@@ -36,7 +35,7 @@ def explain(
     force: ForceOpt = False,
     recursive: RecursiveOpt = False,
     null: NullOpt = False,
-    batch_size: _BatchSizeOpt = 64,
+    batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = -1,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = Device.auto,

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from ..options import Aggregate, Device, Engine, OnError, Precision, RowFormat
-from .common import (DeviceOpt, EngineOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
-                     ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream, warn)
+from .common import (BatchSizeOpt, DeviceOpt, EngineOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt,
+                     RecursiveOpt, ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe,
+                     stdin_stream, warn)
 from .common import failed as report_failure
 
 
@@ -34,7 +35,6 @@ _FractionsOpt = Annotated[bool, typer.Option("--fractions", help="With --tile: t
                                                                  "softmaxes averaged per pixel.")]
 _OnErrorOpt = Annotated[OnError, typer.Option("--on-error", help="continue (exit 3 at the end) or fail.")]
 _ShardOpt = Annotated[str, typer.Option("--shard", help="K/N: only the K-th of N deterministic slices of the inputs.")]
-_BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
 
 
 def predict(
@@ -57,7 +57,7 @@ def predict(
     fractions: _FractionsOpt = False,
     on_error: _OnErrorOpt = OnError.continue_,
     shard: _ShardOpt = None,
-    batch_size: _BatchSizeOpt = 64,
+    batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = -1,
     engine: EngineOpt = Engine.auto,
     threads: ThreadsOpt = 0,
