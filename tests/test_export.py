@@ -68,7 +68,7 @@ def same_classes(ref: dict, got: dict) -> None:
 
 
 VARIANTS = [(arch, 1, "resize") for arch in REGISTRY] + [(arch, 3, "crop") for arch in REGISTRY] + [
-    ("lenet", 3, "resize"), ("lenet", 1, "crop")]
+    ("lenet", 3, "resize"), ("lenet", 1, "crop"), ("lenet", 1, "squash"), ("resnet10", 3, "squash")]
 
 
 @needs_onnx

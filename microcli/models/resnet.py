@@ -9,8 +9,15 @@ from torchvision import models as tvm
 from ..errors import CheckpointError, UsageError
 
 def build(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    """torchvision's `name` (resnet18, resnet34, ...) with a stem for `in_channels` and `num_classes` outputs."""
-    model = getattr(tvm, name)(weights=None, num_classes=num_classes)
+    """torchvision's `name` (resnet18, resnet34, ...) with a stem for `in_channels` and `num_classes` outputs.
+
+    resnet10 is torchvision's `ResNet` class with one BasicBlock per stage (ResNet-18 has two): the same
+    stem, widths and head, half the convolutions. torchvision has no builder or weights for it.
+    """
+    if name == "resnet10":
+        model = tvm.ResNet(tvm.resnet.BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+    else:
+        model = getattr(tvm, name)(weights=None, num_classes=num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
