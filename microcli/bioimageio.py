@@ -178,6 +178,8 @@ Classes (output channel order): {', '.join(model.classes)}.
 2. Classical pipeline (microcli ops, scikit-image): `{pipe}`.
 3. {'Resize the shorter side to ' + str(spec.img_size) + ' px (bilinear, antialiased) and crop the centre '
     + str(spec.img_size) + ' x ' + str(spec.img_size) + ' px.' if spec.fit == 'resize' else
+    'Resize the whole image to ' + str(spec.img_size) + ' x ' + str(spec.img_size) + ' px (bilinear, '
+    'antialiased; the aspect ratio is not kept).' if spec.fit == 'squash' else
     'Cut tiles of ' + str(spec.img_size) + ' x ' + str(spec.img_size) + ' px at native scale and average '
     'their probabilities.'}
 4. Shape (1, {spec.channels}, {spec.img_size}, {spec.img_size}), float32. Normalisation (mean

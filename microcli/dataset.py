@@ -279,10 +279,10 @@ class Source:
             A file re-read for this batch (cache none) has become unreadable.
         """
         size = self.spec.img_size
-        if self.stacked is not None and self.spec.fit == "resize":
+        if self.stacked is not None and self.spec.fit != "crop":
             return self.stacked[idx]
         arrays = self._get(idx)
-        if self.spec.fit == "resize":
+        if self.spec.fit != "crop":
             return torch.from_numpy(np.stack(arrays))
         crops = []
         for a in arrays:

@@ -232,7 +232,9 @@ def describe(model: ModelFile) -> str:
             f"scaled to [0, 1] by the file's bit depth (8-bit / 255, 16-bit / 65535), read as "
             f"{'grayscale' if spec.channels == 1 else 'RGB'}, classical pipeline '{pipe}' applied, then "
             + ("shorter side resized (bilinear, antialiased) to the input size and centre-cropped"
-               if spec.fit == "resize" else "tiles of the input size at native pixel scale")
+               if spec.fit == "resize" else
+               "the whole image resized (bilinear, antialiased) to the input size, aspect ratio not kept"
+               if spec.fit == "squash" else "tiles of the input size at native pixel scale")
             + f". Normalisation is inside the graph. Output '{OUTPUT_NAME}': softmax (batch, {len(model.classes)}), "
             "columns in the class order above.")
 

@@ -31,7 +31,8 @@ class InputSpec:
     img_size : int
         S, the network input side in pixels.
     fit : str
-        'resize' (shorter side to S, centre crop) or 'crop' (native pixel scale; see `fit_array`).
+        'resize' (shorter side to S, centre crop), 'squash' (both sides to S, the whole image kept, its
+        aspect ratio not) or 'crop' (native pixel scale; see `fit_array`).
     pipeline : tuple of dict
         The classical preprocessing, as `Pipeline.to_list` gives it.
     mean, std : tuple of float
@@ -40,7 +41,7 @@ class InputSpec:
 
     channels: int = 1
     img_size: int = 128
-    fit: str = "resize"  # resize: shorter side to S then centre crop; crop: native scale
+    fit: str = "resize"  # resize: shorter side to S then centre crop; squash: S x S; crop: native scale
     pipeline: tuple = ()  # Pipeline.to_list() as a tuple of dicts
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
@@ -68,8 +69,8 @@ class InputSpec:
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"img_size must be a positive integer, got {size!r}")
-        if fit not in ("resize", "crop"):
-            raise ValueError(f"fit must be 'resize' or 'crop', got {fit!r}")
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
         stats = {}
         for key in ("mean", "std"):
             v = d[key]
@@ -98,6 +99,9 @@ class InputSpec:
         """
         return Pipeline.from_list(list(self.pipeline))
 
+
+# How an image becomes the network's input (`fit_array`); the order is the one messages list.
+FITS = ("resize", "squash", "crop")
 
 # --fit crop enlarges an image whose shorter side is below the input size; a strip thinner than that
 # keeps at most this many input sides of its length (the centre), so 2 x 1,000,000 px stays small.
@@ -129,7 +133,8 @@ def _resized_window(arr: np.ndarray, nh: int, nw: int, oh: int, ow: int) -> np.n
 
 
 def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
-    """resize: shorter side to `size`, centre crop to size x size. crop: keep the native pixel scale
+    """resize: shorter side to `size`, centre crop to size x size. squash: both sides to `size` (the
+    whole image, its aspect ratio not kept, as Keras' image loaders do). crop: keep the native pixel scale
     (only images whose shorter side is below `size` are enlarged to it, keeping at most
     `CROP_MAX_ASPECT` sides of their length). Only the pixels kept are ever resampled, so memory stays
     bounded by the input and the output, whatever the aspect ratio. Scaling is bilinear with
@@ -141,14 +146,16 @@ def fit_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
     size : int
         The network input side in pixels.
     fit : str
-        'resize' or 'crop'.
+        'resize', 'squash' or 'crop'.
 
     Returns
     -------
     ndarray of float32
-        (size, size[, C]) for resize; for crop, both sides at least `size`.
+        (size, size[, C]) for resize and squash; for crop, both sides at least `size`.
     """
     h, w = arr.shape[:2]
+    if fit == "squash":
+        return _resize(arr, size, size)
     short = min(h, w)
     if fit != "resize" and short >= size:
         return arr
@@ -227,14 +234,14 @@ def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) 
     Returns
     -------
     ndarray of float32, shape (C, H, W)
-        H = W = ``spec.img_size`` for fit=resize; both at least that for fit=crop.
+        H = W = ``spec.img_size`` for fit=resize and squash; both at least that for fit=crop.
 
     Raises
     ------
     ImageReadError, OpError, PipelineError
         As `load_for_model`.
     """
-    hint = spec.img_size if (spec.fit == "resize" and not spec.pipeline) else None
+    hint = spec.img_size if (spec.fit != "crop" and not spec.pipeline) else None
     arr = load_for_model(path, spec, max_pixels=max_pixels, size_hint=hint)
     return to_chw(fit_array(arr, spec.img_size, spec.fit))
 

@@ -27,6 +27,7 @@ class Fit(Choice):
 
     auto = "auto"  # training only: crop when the images are much larger than the input, else resize
     resize = "resize"  # shorter side to the input size, centre crop
+    squash = "squash"  # both sides to the input size: the whole image, aspect ratio not kept
     crop = "crop"  # native pixel scale: random crops in training, tiles averaged in evaluation
 
 

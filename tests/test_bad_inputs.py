@@ -206,6 +206,18 @@ def test_fit_array_crops_before_scaling_gives_the_same_pixels():
         np.testing.assert_allclose(fit_array(a, size, "resize"), expected, atol=1e-5)
 
 
+def test_squash_keeps_the_whole_image():
+    """squash: every pixel of a 3:1 strip reaches the square input; resize's centre crop drops its ends."""
+    from microcli.inputs import fit_array
+
+    a = np.zeros((40, 120), np.float32)
+    a[:, :20] = 1.0  # a bright left end
+    squashed, cropped = fit_array(a, 40, "squash"), fit_array(a, 40, "resize")
+    assert squashed.shape == cropped.shape == (40, 40)
+    assert squashed[:, :6].min() > 0.9 and squashed[:, 8:].max() < 0.1  # the end is there, 1/6 of the width
+    assert cropped.max() == 0.0  # the centre crop never saw it
+
+
 # --- 7. corrupt bundle metadata: one line naming the field, exit 1 ------------------------------------------
 
 def _edit(d: dict, key: str, value) -> None:

@@ -39,9 +39,10 @@ def _opt(kind, *flags: str, panel: str, **kw):
 _ArchOpt = _opt(Arch, "--arch", "-a", panel=_M, help="Backbone (see --list-models); auto: chosen from the data.")
 _ImgSizeOpt = _opt(int, "--img-size", panel=_M, min=0, help="Network input side (0: median image side, at most 224).")
 _ChannelsOpt = _opt(Channels, "--channels", panel=_M, help="auto: 1 when every image is gray.")
-_FitOpt = _opt(Fit, "--fit", panel=_M, help="resize: whole image to the input size; crop: native pixel scale, "
-                                            "random crops in training; auto: crop for images much larger than "
-                                            "the input.")
+_FitOpt = _opt(Fit, "--fit", panel=_M, help="resize: shorter side to the input size, centre crop; squash: the "
+                                            "whole image to the input size; crop: native pixel scale, random "
+                                            "crops in training, tiles in evaluation; auto: chosen from the "
+                                            "image sizes.")
 _PreprocessOpt = _opt(str, "--preprocess", "-p", panel=_M, help="Classical ops before the network, 'op:k=v|op:k=v' "
                                                                 "(see microcli filters); 'none' for none "
                                                                 "[default: chosen from the data].")
