@@ -259,7 +259,7 @@ class Source:
         return got
 
     def batch(self, idx: list[int], g: torch.Generator) -> torch.Tensor:
-        """A training batch: the images (fit=resize), or random crops at native scale (fit=crop).
+        """A training batch: the images (fit=resize or squash), or random crops at native scale (fit=crop).
 
         Parameters
         ----------

@@ -62,7 +62,7 @@ def tile_origins(length: int, size: int) -> list[int]:
 def network_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
     """The network inputs (V, C, S, S) for prepared arrays, and which array each belongs to.
 
-    fit=resize: the array itself (already S x S). fit=crop: tiles at native pixel scale that cover the
+    fit=resize or squash: the array itself (already S x S). fit=crop: tiles at native pixel scale that cover the
     whole image; their softmax outputs are averaged (`average_views`).
     """
     size = spec.img_size

@@ -77,7 +77,7 @@ def set_threads(threads: int = 0) -> None:
 def eval_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> tuple[torch.Tensor, np.ndarray]:
     """The network inputs for evaluating prepared arrays, and which array each belongs to.
 
-    fit=resize: the array itself (already size x size). fit=crop: tiles at native pixel scale that cover
+    fit=resize or squash: the array itself (already size x size). fit=crop: tiles at native pixel scale that cover
     the whole image; their softmax outputs are averaged (`average_views`).
     """
     views, owner = network_views(arrays, spec)

@@ -25,7 +25,7 @@ Arch = Choice("Arch", {"auto": "auto", **{name: name for name in REGISTRY}})
 class Fit(Choice):
     """How an image becomes the network's square input."""
 
-    auto = "auto"  # training only: crop when the images are much larger than the input, else resize
+    auto = "auto"  # training only: chosen from the image sizes (`microcli.recipe.choose_fit`)
     resize = "resize"  # shorter side to the input size, centre crop
     squash = "squash"  # both sides to the input size: the whole image, aspect ratio not kept
     crop = "crop"  # native pixel scale: random crops in training, tiles averaged in evaluation

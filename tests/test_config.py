@@ -35,10 +35,10 @@ def test_config_is_built_by_keyword_only():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("arch", "vgg", r"--arch must be one of auto, lenet, resnet18, .*, got 'vgg'"),
+    ("arch", "vgg", r"--arch must be one of auto, lenet, resnet10, resnet18, .*, got 'vgg'"),
     ("optimizer", "adam", r"--optimizer must be one of adamw, sgd, got 'adam'"),
     ("class_weights", "inverse", r"--class-weights must be one of none, balanced"),
-    ("fit", "stretch", r"--fit must be one of auto, resize, crop"),
+    ("fit", "stretch", r"--fit must be one of auto, resize, squash, crop"),
     ("img_size", 4, r"--img-size must be 0 \(auto\) or 32\.\.2048 for resnet18, got 4"),  # auto: a ResNet
     ("img_size", 100000, r"--img-size must be 0 \(auto\) or 32\.\.2048 for resnet18, got 100000"),
     ("epochs", 0, r"--epochs must be at least 1, got 0"),

@@ -20,9 +20,9 @@ from .conftest import REPO
 SAMPLE = REPO / "sample_images"
 
 
-def stats(n=600, classes=6, side=200, skew=1.0) -> DataStats:
+def stats(n=600, classes=6, side=200, skew=1.0, spread=0.0, aspect=1.0) -> DataStats:
     counts = {f"c{i}": max(2, round(n / classes * skew ** (-i / max(1, classes - 1)))) for i in range(classes)}
-    return DataStats(sum(counts.values()), counts, side)
+    return DataStats(sum(counts.values()), counts, side, spread, aspect)
 
 
 def recipe(st: DataStats, **kw):
@@ -31,9 +31,10 @@ def recipe(st: DataStats, **kw):
 
 def test_auto_is_a_resnet_and_every_choice_has_a_reason():
     cfg, why = recipe(stats())
-    assert cfg.resolved and cfg.arch.value == "resnet18"
+    assert cfg.resolved and cfg.arch.value == "resnet10"  # on a CPU
     assert set(why) == {"arch", "fit", "img_size", "preprocess", "batch_size", "sampler", "epochs"}
     assert "LeNet only when asked" in why["arch"]
+    assert choose_recipe(TrainConfig(data="d", out="o"), stats(), gpu=True)[0].arch.value == "resnet18"
 
 
 @pytest.mark.parametrize("side,fit,size", [(96, "resize", 96), (128, "resize", 128), (150, "resize", 128),
@@ -44,6 +45,33 @@ def test_large_images_train_on_native_scale_crops(side, fit, size):
     assert f"{side} px" in why["fit"]
 
 
+@pytest.mark.parametrize("spread,aspect,side,fit", [
+    (0.45, 1.4, 257, "squash"),  # regions cut around objects (magnetic-tile): sizes vary, the whole image
+    (0.0, 1.33, 480, "crop"),  # frames of one microscope, much larger than the input: native scale
+    (0.05, 1.0, 128, "resize"),  # one size near the input, square
+    (0.0, 1.5, 120, "squash"),  # one size near the input, but 3:2: a centre crop would lose a third
+])
+def test_fit_follows_how_the_images_were_taken(spread, aspect, side, fit):
+    cfg, why = recipe(stats(side=side, spread=spread, aspect=aspect))
+    assert cfg.fit.value == fit and why["fit"].startswith(fit)
+    assert cfg.img_size == min(side, 128)
+
+
+def test_data_stats_reads_sizes_from_the_headers(tmp_path):
+    from PIL import Image
+
+    from microcli.data import Item
+    from microcli.recipe import data_stats
+
+    items = []
+    for i, (w, h) in enumerate([(300, 200)] * 3 + [(150, 100), (600, 400)]):
+        Image.new("L", (w, h)).save(tmp_path / f"{i}.png")
+        items.append(Item(str(tmp_path / f"{i}.png"), "a" if i < 3 else "b", ""))
+    st = data_stats(items)
+    assert (st.n_images, st.class_counts, st.median_side) == (5, {"a": 3, "b": 2}, 200)
+    assert st.aspect == pytest.approx(1.5) and st.side_spread == 0.0  # quartiles 200 and 200
+
+
 def test_a_gpu_affords_torchvision_size():
     cfg, _ = choose_recipe(TrainConfig(data="d", out="o"), stats(side=1024), gpu=True)
     assert (cfg.fit.value, cfg.img_size) == ("crop", 224)
@@ -52,9 +80,9 @@ def test_a_gpu_affords_torchvision_size():
 def test_small_and_large_sets_get_their_batch_size_and_length():
     small, why_small = recipe(stats(n=120))
     large, _ = recipe(stats(n=20000))
-    assert small.batch_size == 32 and large.batch_size == 64
-    assert small.epochs == 60 and "optimiser steps" in why_small["epochs"]  # few steps per epoch: the cap
-    assert large.epochs == 15  # many steps per epoch: the floor
+    assert small.batch_size == 16 and large.batch_size == 32  # on a CPU
+    assert small.epochs == 60 and "training images seen" in why_small["epochs"]  # small sets: the cap
+    assert large.epochs == 15  # large sets: the floor
 
 
 def test_imbalance_switches_sampling_on_and_says_so():
