@@ -9,7 +9,7 @@ What the format says well: the output is a (batch, channel) tensor whose channel
 class names: a classifier's softmax. What it cannot say: how a file becomes the input. The rdf's
 preprocessing ops act on the tensor a consumer hands over; none scales by the file's bit depth (microcli
 divides 8-bit by 255 and 16-bit by 65535, whatever the pixel values), and none expresses microcli's
-classical pipeline (CLAHE, contrast stretch...) or its resize-and-centre-crop. So the input is
+classical pipeline (CLAHE, contrast stretch...) or its resize-and-centre-crop (or squash). So the input is
 declared as the *prepared* image, float32 in [0, 1] of the trained size, and README.md and
 ``config.microcli`` say how to prepare it.
 """

@@ -214,7 +214,7 @@ def _flag(name: str) -> str:
 
 def _check_ranges(cfg: TrainConfig) -> None:
     """One rule per option; the message names the option, the rule and the value received."""
-    # auto picks a ResNet: its input range applies
+    # auto picks a ResNet (ResNet-18 when pretrained weights are asked for): its input range applies
     info = get_model_info("resnet18" if cfg.arch.value == "auto" else cfg.arch.value)
     rules = [
         ("epochs", cfg.epochs is None or cfg.epochs >= 1, "at least 1"),

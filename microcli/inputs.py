@@ -226,7 +226,7 @@ def prepare_array(path: str, spec: InputSpec, *, max_pixels: int | None = None) 
     path : str
         The image file.
     spec : InputSpec
-        Channels, size, fit and pipeline; with fit=resize and no pipeline, a JPEG may be decoded at a
+        Channels, size, fit and pipeline; with fit=resize or squash and no pipeline, a JPEG may be decoded at a
         reduced scale, no smaller than `img_size` on each side.
     max_pixels : int or None
         Decompression-bomb guard (None: the default limit; 0: none).

@@ -23,8 +23,8 @@ from .data import Item
 
 # Input side a CPU trains at in reasonable time; a GPU affords torchvision's 224.
 CPU_SIDE, GPU_SIDE = 128, 224
-# Backbone: on 2 CPU cores ResNet-10 trains 58 128-px images a second against ResNet-18's 24, so a time
-# budget buys it 2.4x the epochs; a GPU affords ResNet-18.
+# Backbone: on 2 AVX2 cores a whole NEU-DET epoch (128 px) takes ResNet-10 33-37 s against ResNet-18's 68 s,
+# so a time budget buys it twice the epochs (5 minutes: 95.3 % against 85.0 %); a GPU affords ResNet-18.
 CPU_ARCH, GPU_ARCH = "resnet10", "resnet18"
 # Images whose shorter side is at least this many input sides carry detail a resize would lose:
 # train on native-scale crops and evaluate on tiles instead (NEU-DET 200 px at 128: crop beat resize)...
@@ -41,8 +41,8 @@ IMBALANCE = 3.0
 # Training images an automatic length aims at (1500 steps of 32), and the bounds on epochs.
 TARGET_IMAGES, MIN_EPOCHS, MAX_EPOCHS = 48_000, 15, 60
 # Batch size below LARGE_SET images. On a CPU an image costs about the same in a batch of 16 as of 32
-# (ResNet-10, 128 px: 36-39 against 33-36 img/s), so 16 gives twice the optimiser steps a minute (NEU-DET,
-# 5 minutes: 95.3 % against 92.8 %); a GPU needs the larger batch to be busy.
+# (ResNet-10, 128 px, whole epochs: 36-39 against 33-36 img/s), so 16 gives twice the optimiser steps a
+# minute (NEU-DET, 5 minutes: 95.3 % against 92.8 %); a GPU needs the larger batch to be busy.
 CPU_BATCH, GPU_BATCH, LARGE_SET = 16, 32, 5000
 
 
@@ -99,9 +99,10 @@ def choose_recipe(cfg: TrainConfig, stats: DataStats, *, gpu: bool = False) -> t
     reasons: dict[str, str] = {}
     values: dict = {}
     if cfg.arch.value == "auto":
-        values["arch"] = GPU_ARCH if gpu else CPU_ARCH
-        reasons["arch"] = ("ResNet-18 on a GPU" if gpu else "ResNet-10 on a CPU: half ResNet-18's convolutions, so a "
-                           "time budget buys twice the epochs") + "; LeNet only when asked (--arch lenet)"
+        values["arch"] = GPU_ARCH if gpu or cfg.pretrained else CPU_ARCH
+        reasons["arch"] = ("ResNet-18: it has the pretrained weights asked for" if cfg.pretrained and not gpu else
+                           "ResNet-18 on a GPU" if gpu else "ResNet-10 on a CPU: half ResNet-18's convolutions, so "
+                           "a time budget buys about twice the epochs") + "; LeNet only when asked (--arch lenet)"
     arch = values.get("arch", cfg.arch.value)
     side = GPU_SIDE if gpu else CPU_SIDE
     if cfg.fit.value == "auto":

@@ -69,7 +69,17 @@ def test_data_stats_reads_sizes_from_the_headers(tmp_path):
         items.append(Item(str(tmp_path / f"{i}.png"), "a" if i < 3 else "b", ""))
     st = data_stats(items)
     assert (st.n_images, st.class_counts, st.median_side) == (5, {"a": 3, "b": 2}, 200)
-    assert st.aspect == pytest.approx(1.5) and st.side_spread == 0.0  # quartiles 200 and 200
+    assert st.aspect == pytest.approx(1.5) and st.side_spread == 0.0  # quartiles 200 and 200: one size
+    for i, side in enumerate((100, 150, 250, 400)):
+        Image.new("L", (side, side)).save(tmp_path / f"v{i}.png")
+    varied = data_stats([Item(str(tmp_path / f"v{i}.png"), "a", "") for i in range(4)])
+    # shorter sides 100, 150, 250, 400: quartiles 137.5 and 287.5 around a median of 200
+    assert varied.median_side == 200 and varied.side_spread == pytest.approx(0.75) and varied.aspect == 1.0
+
+
+def test_pretrained_weights_pick_the_resnet_that_has_them():
+    cfg, why = recipe(stats(), pretrained="imagenet")
+    assert cfg.arch.value == "resnet18" and "pretrained weights" in why["arch"]
 
 
 def test_a_gpu_affords_torchvision_size():
@@ -190,8 +200,10 @@ def test_no_flags_on_sample_images_prints_and_records_the_recipe(tmp_path):
     r = CliRunner().invoke(app, ["train", str(SAMPLE), "-o", str(tmp_path / "run"), "--epochs", "1",
                                  "--workers", "0"])
     assert r.exit_code == 0, r.stderr
-    for line in ("arch: ResNet-18", "fit: resize", "preprocess: stretch", "sampler: uniform"):
+    arch = "resnet18" if torch.cuda.is_available() else "resnet10"
+    for line in (f"arch: ResNet-{arch[6:]}", "fit: resize", "preprocess: stretch", "sampler: uniform",
+                 "batch-size: "):
         assert line in r.stderr
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["train"]["arch"] == "resnet18" and cfg["train"]["preprocess"] == "stretch"
+    assert cfg["train"]["arch"] == arch and cfg["train"]["preprocess"] == "stretch"
     assert "median shorter side" in cfg["resolved"]["reasons"]["img_size"]
