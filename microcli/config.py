@@ -193,7 +193,8 @@ class TrainConfig:
     def resolved(self) -> bool:
         """True when no choice is left on auto (`microcli.recipe.choose_recipe` has run)."""
         return (self.arch.value != "auto" and self.fit.value != "auto" and self.preprocess is not None
-                and self.batch_size is not None and self.epochs is not None and self.sampler.value != "auto")
+                and self.img_size > 0 and self.batch_size is not None and self.epochs is not None
+                and self.sampler.value != "auto")
 
 
 _ENUMS = {"arch": Arch, "optimizer": Optimizer, "class_weights": ClassWeights, "channels": Channels, "fit": Fit,

@@ -125,11 +125,13 @@ def choose_recipe(cfg: TrainConfig, stats: DataStats, *, gpu: bool = False) -> t
                                  "images do not have to be learnt")
     if cfg.batch_size is None:
         small = stats.n_images < LARGE_SET
-        base = GPU_BATCH if gpu else CPU_BATCH
+        cpu_resnet = not gpu and arch != "lenet"  # LeNet's steps are too small to keep 2 cores busy at 16
+        base = CPU_BATCH if cpu_resnet else GPU_BATCH
         values["batch_size"] = base if small else 2 * base
         reasons["batch_size"] = f"{values['batch_size']}: " + (
             f"a set under {LARGE_SET} images" if small else "a large set") + (
-            "" if gpu else "; on a CPU small batches cost no more per image and give more optimiser steps")
+            "; on a CPU a ResNet's small batches cost no more per image and give more optimiser steps"
+            if cpu_resnet else "")
     if cfg.sampler.value == "auto":
         skewed = stats.imbalance > IMBALANCE
         values["sampler"] = "sqrt" if skewed else "uniform"

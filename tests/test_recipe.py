@@ -90,7 +90,8 @@ def test_a_gpu_affords_torchvision_size():
 def test_small_and_large_sets_get_their_batch_size_and_length():
     small, why_small = recipe(stats(n=120))
     large, _ = recipe(stats(n=20000))
-    assert small.batch_size == 16 and large.batch_size == 32  # on a CPU
+    assert small.batch_size == 16 and large.batch_size == 32  # a ResNet on a CPU
+    assert recipe(stats(n=120), arch="lenet")[0].batch_size == 32
     assert small.epochs == 60 and "training images seen" in why_small["epochs"]  # small sets: the cap
     assert large.epochs == 15  # large sets: the floor
 
@@ -107,6 +108,13 @@ def test_what_the_user_gave_is_kept():
     assert (cfg.arch.value, cfg.fit.value, cfg.img_size, cfg.preprocess, cfg.epochs, cfg.batch_size,
             cfg.sampler.value) == ("lenet", "resize", 64, "", 7, 16, "balanced")
     assert why == {}
+
+
+def test_every_choice_given_but_the_input_size_still_chooses_it():
+    # every other choice on the command line, --img-size left at 0: the size still comes from the data
+    cfg, why = recipe(stats(side=96), arch="lenet", fit="resize", preprocess="", epochs=3, batch_size=64,
+                      sampler="uniform")
+    assert cfg.img_size == 96 and cfg.resolved and set(why) == {"img_size"}
 
 
 def test_time_budget_leaves_the_length_to_the_planner():
