@@ -111,9 +111,11 @@ def test_what_the_user_gave_is_kept():
 
 
 def test_every_choice_given_but_the_input_size_still_chooses_it():
-    # every other choice on the command line, --img-size left at 0: the size still comes from the data
-    cfg, why = recipe(stats(side=96), arch="lenet", fit="resize", preprocess="", epochs=3, batch_size=64,
-                      sampler="uniform")
+    # every other choice on the command line, --img-size left at 0: training must still run the recipe
+    # (it skips it for a resolved config), or the input size stays 0 and no image can be prepared
+    given = dict(arch="lenet", fit="resize", preprocess="", epochs=3, batch_size=64, sampler="uniform")
+    assert not TrainConfig(data="d", out="o", **given).resolved
+    cfg, why = recipe(stats(side=96), **given)
     assert cfg.img_size == 96 and cfg.resolved and set(why) == {"img_size"}
 
 
