@@ -16,6 +16,7 @@ from PIL import Image
 
 from .errors import ImageReadError, MicrocliError, UsageError, describe
 from .io import has_colour, read_image
+from .options import Fit
 from .parallel import bounded_map
 from .preprocess import Pipeline
 
@@ -100,8 +101,9 @@ class InputSpec:
         return Pipeline.from_list(list(self.pipeline))
 
 
-# How an image becomes the network's input (`fit_array`); the order is the one messages list.
-FITS = ("resize", "squash", "crop")
+# How an image becomes the network's input (`fit_array`): the Fit choices a model can hold (auto is
+# resolved before training).
+FITS = tuple(f.value for f in Fit if f is not Fit.auto)
 
 # --fit crop enlarges an image whose shorter side is below the input size; a strip thinner than that
 # keeps at most this many input sides of its length (the centre), so 2 x 1,000,000 px stays small.
