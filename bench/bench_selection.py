@@ -30,11 +30,11 @@ def manifest(name: str, out: Path) -> Path:
     if name == "neu-det":
         import re
 
-        def side(r):
-            n = int(re.search(r"_(\d+)\.jpg$", r["path"]).group(1))
+        def side(name):
+            n = int(re.search(r"_(\d+)\.jpg$", name).group(1))
             return "train" if n <= 200 else "val" if n <= 240 else "test"
 
-        parts = [(str(root / r["path"]), r["label"], "", side(r)) for r in rows]
+        parts = [(str(root / r["file"]), r["label"], "", side(r["file"])) for r in rows]
     else:
         items = [Item(str(root / r["path"]), r["label"], r["group"]) for r in rows]
         split = stratified_group_split(items, val=0.2, test=0.2, seed=0)
