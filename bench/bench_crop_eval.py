@@ -16,6 +16,7 @@ import argparse
 import csv
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,7 +40,8 @@ def main() -> None:
         sys.exit(f"{args.run}: a --fit crop ResNet is needed (this is {bundle.arch}, fit {bundle.input.fit})")
     model = bundle.build_model().to(memory_format=torch.channels_last)
     rows = [r for r in csv.DictReader(open(args.manifest)) if r.get("split") == args.split]
-    decoded = decode_items([Item(r["path"], r["label"]) for r in rows], bundle.input, keep=True)
+    here = Path(args.manifest).parent  # relative paths are relative to the manifest, as in microcli
+    decoded = decode_items([Item(str(here / r["path"]), r["label"]) for r in rows], bundle.input, keep=True)
     y = np.array([bundle.classes.index(it.label) for it in decoded.items])
 
     def softmax(arrays: np.ndarray, batch: int) -> np.ndarray:

@@ -30,8 +30,8 @@ def manifest(name: str, out: Path) -> Path:
     if name == "neu-det":
         import re
 
-        def side(name):
-            n = int(re.search(r"_(\d+)\.jpg$", name).group(1))
+        def side(file: str) -> str:
+            n = int(re.search(r"_(\d+)\.jpg$", file).group(1))
             return "train" if n <= 200 else "val" if n <= 240 else "test"
 
         parts = [(str(root / r["file"]), r["label"], "", side(r["file"])) for r in rows]
