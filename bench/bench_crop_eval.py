@@ -19,16 +19,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def main() -> None:
     from microcli.checkpoint import load_bundle
     from microcli.data import Item
     from microcli.dataset import decode_items
-    from microcli.engines import average_views, network_views
-    from microcli.inference import normalize
+    from microcli.engines import Predictor, tile_origins
 
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
@@ -38,32 +35,23 @@ def main() -> None:
     bundle = load_bundle(args.run)
     if bundle.input.fit != "crop" or not bundle.arch.startswith("resnet"):
         sys.exit(f"{args.run}: a --fit crop ResNet is needed (this is {bundle.arch}, fit {bundle.input.fit})")
-    model = bundle.build_model().to(memory_format=torch.channels_last)
+    predictor = Predictor(bundle)  # the torch engine: it takes inputs of any size, unlike the exports
     rows = [r for r in csv.DictReader(open(args.manifest)) if r.get("split") == args.split]
     here = Path(args.manifest).parent  # relative paths are relative to the manifest, as in microcli
     decoded = decode_items([Item(str(here / r["path"]), r["label"]) for r in rows], bundle.input, keep=True)
+    arrays = decoded.arrays
     y = np.array([bundle.classes.index(it.label) for it in decoded.items])
 
-    def softmax(arrays: np.ndarray, batch: int) -> np.ndarray:
-        with torch.inference_mode():
-            out = [F.softmax(model(normalize(torch.from_numpy(arrays[i:i + batch]), bundle.input)
-                                   .contiguous(memory_format=torch.channels_last)), 1)
-                   for i in range(0, len(arrays), batch)]
-        return torch.cat(out).numpy()
-
     t0 = time.perf_counter()
-    views, owner = network_views(decoded.arrays, bundle.input)
-    tiles = average_views(softmax(views, 64), owner, len(y))
+    tiles = predictor.predict_arrays(arrays)  # what evaluate and predict do
     t_tiles = time.perf_counter() - t0
-    shapes = {a.shape for a in decoded.arrays}
     t0 = time.perf_counter()
-    if len(shapes) == 1:
-        whole = softmax(np.stack(decoded.arrays), 16)
-    else:
-        whole = np.concatenate([softmax(a[None], 1) for a in decoded.arrays])
+    step = 16 if len({a.shape for a in arrays}) == 1 else 1  # images of one size are batched
+    whole = np.concatenate([predictor.probs(np.stack(arrays[i:i + step])) for i in range(0, len(arrays), step)])
     t_whole = time.perf_counter() - t0
-    print(f"{args.run}, {args.split}: {len(y)} images, {len(views) / len(y):.1f} tiles of "
-          f"{bundle.input.img_size} px each")
+    size = bundle.input.img_size
+    n_tiles = sum(len(tile_origins(a.shape[-2], size)) * len(tile_origins(a.shape[-1], size)) for a in arrays)
+    print(f"{args.run}, {args.split}: {len(y)} images, {n_tiles / len(y):.1f} tiles of {size} px each")
     for name, p, t in (("tiles averaged (microcli)", tiles, t_tiles), ("whole image", whole, t_whole),
                        ("both averaged", (tiles + whole) / 2, t_tiles + t_whole)):
         print(f"  {name:26} accuracy {100 * float((p.argmax(1) == y).mean()):6.2f} %   {t:5.1f} s")
