@@ -96,9 +96,10 @@ register(ModelInfo("lenet", _lenet, "LeNet-5 (LeCun 1998), ~60k parameters; fast
 # centres (0, 32, 64, 96) and the tiling's (15.5 ... 111.5), so no placement is exact and we keep the
 # convention.
 # ResNets downsample 32x: below 32 px the last stages see 1x1 maps.
-# ResNet-10: one BasicBlock per stage. On 2 AVX2 cores its training step runs 2.4x as many 128 px images a
-# second as ResNet-18's (58 against 24 img/s), and a whole NEU-DET epoch takes half the time (33-37 s
-# against 68 s): a time budget buys it twice the epochs.
+# ResNet-10: one BasicBlock per stage. On 2 AVX2 cores its training step runs 1.9x as many 128 px images a
+# second as ResNet-18's (38 against 20 img/s: 1 channel, batch 16, AdamW step included, alternating runs),
+# and a whole NEU-DET epoch takes half the time (33-37 s against 68 s): a time budget buys it twice the
+# epochs.
 register(ModelInfo("resnet10", _resnet("resnet10"), "ResNet-10 (torchvision's ResNet, one block per stage), 5M "
                    "parameters; the CPU default", 1e-3))
 register(ModelInfo("resnet18", _resnet("resnet18"), "torchvision ResNet-18, 11M parameters", 1e-3,
