@@ -23,9 +23,10 @@ from .data import Item
 
 # Input side a CPU trains at in reasonable time; a GPU affords torchvision's 224.
 CPU_SIDE, GPU_SIDE = 128, 224
-# Backbone: on 2 AVX2 cores a whole NEU-DET epoch (128 px) takes ResNet-10 33-37 s against ResNet-18's 68 s,
-# so a time budget buys it twice the epochs (5 minutes: 95.3 % against 85.0 %); a GPU affords ResNet-18.
-CPU_ARCH, GPU_ARCH = "resnet10", "resnet18"
+# Backbone: on 2 AVX2 cores a whole NEU-DET epoch (128 px) takes ResNet-10 at half width 13-15 s, ResNet-10
+# 33-43 s and ResNet-18 68 s, so a time budget buys it about three times ResNet-10's epochs (5 minutes:
+# 96.9 % against 95.3 % and 85.0 %); a GPU affords ResNet-18.
+CPU_ARCH, GPU_ARCH = "resnet10-half", "resnet18"
 # Images whose shorter side is at least this many input sides carry detail a resize would lose:
 # train on native-scale crops and evaluate on tiles instead (NEU-DET 200 px at 128: crop beat resize)...
 CROP_RATIO = 1.5
@@ -101,8 +102,9 @@ def choose_recipe(cfg: TrainConfig, stats: DataStats, *, gpu: bool = False) -> t
     if cfg.arch.value == "auto":
         values["arch"] = GPU_ARCH if gpu or cfg.pretrained else CPU_ARCH
         reasons["arch"] = ("ResNet-18: it has the pretrained weights asked for" if cfg.pretrained and not gpu else
-                           "ResNet-18 on a GPU" if gpu else "ResNet-10 on a CPU: half ResNet-18's convolutions, so "
-                           "a time budget buys about twice the epochs") + "; LeNet only when asked (--arch lenet)"
+                           "ResNet-18 on a GPU" if gpu else "ResNet-10 at half width on a CPU: an eighth of "
+                           "ResNet-18's multiply-adds, so a time budget buys several times the epochs, which small "
+                           "sets need more than width") + "; LeNet only when asked (--arch lenet)"
     arch = values.get("arch", cfg.arch.value)
     side = GPU_SIDE if gpu else CPU_SIDE
     if cfg.fit.value == "auto":

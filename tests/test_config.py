@@ -35,7 +35,7 @@ def test_config_is_built_by_keyword_only():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("arch", "vgg", r"--arch must be one of auto, lenet, resnet10, resnet18, .*, got 'vgg'"),
+    ("arch", "vgg", r"--arch must be one of auto, lenet, resnet10, resnet10-half, resnet18, .*, got 'vgg'"),
     ("optimizer", "adam", r"--optimizer must be one of adamw, sgd, got 'adam'"),
     ("class_weights", "inverse", r"--class-weights must be one of none, balanced"),
     ("fit", "stretch", r"--fit must be one of auto, resize, squash, crop"),

@@ -31,7 +31,7 @@ def recipe(st: DataStats, **kw):
 
 def test_auto_is_a_resnet_and_every_choice_has_a_reason():
     cfg, why = recipe(stats())
-    assert cfg.resolved and cfg.arch.value == "resnet10"  # on a CPU
+    assert cfg.resolved and cfg.arch.value == "resnet10-half"  # on a CPU
     assert set(why) == {"arch", "fit", "img_size", "preprocess", "batch_size", "sampler", "epochs"}
     assert "LeNet only when asked" in why["arch"]
     assert choose_recipe(TrainConfig(data="d", out="o"), stats(), gpu=True)[0].arch.value == "resnet18"
@@ -212,9 +212,9 @@ def test_no_flags_on_sample_images_prints_and_records_the_recipe(tmp_path):
     r = CliRunner().invoke(app, ["train", str(SAMPLE), "-o", str(tmp_path / "run"), "--epochs", "1",
                                  "--workers", "0"])
     assert r.exit_code == 0, r.stderr
-    arch = "resnet18" if torch.cuda.is_available() else "resnet10"
-    for line in (f"arch: ResNet-{arch[6:]}", "fit: resize", "preprocess: stretch", "sampler: uniform",
-                 "batch-size: "):
+    arch = "resnet18" if torch.cuda.is_available() else "resnet10-half"
+    for line in ("arch: ResNet-18 on a GPU" if arch == "resnet18" else "arch: ResNet-10 at half width",
+                 "fit: resize", "preprocess: stretch", "sampler: uniform", "batch-size: "):
         assert line in r.stderr
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["train"]["arch"] == arch and cfg["train"]["preprocess"] == "stretch"

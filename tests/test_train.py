@@ -215,6 +215,16 @@ def test_every_registry_model_trains_saves_and_reloads(arch, channels, tmp_path)
     torch.testing.assert_close(model(x), again(x))
 
 
+def test_half_width_resnet10_is_resnet10_with_half_the_channels():
+    full, half = create_model("resnet10", 6, 1), create_model("resnet10-half", 6, 1)
+    widths = [half.conv1.out_channels] + [getattr(half, f"layer{i}")[0].conv2.out_channels for i in range(1, 5)]
+    assert widths == [32, 32, 64, 128, 256] and half.fc.in_features == 256 and half.conv1.in_channels == 1
+    # the same modules under the same names (what explain, export and checkpoints read), at half width
+    assert [n for n, _ in half.named_modules()] == [n for n, _ in full.named_modules()]
+    n_full, n_half = (sum(p.numel() for p in m.parameters()) for m in (full, half))
+    assert 0.2 < n_half / n_full < 0.3
+
+
 def test_pretrained_state_dict_file_is_adapted_to_one_channel(tmp_path):
     import torchvision
 

@@ -8,18 +8,54 @@ from torchvision import models as tvm
 
 from ..errors import CheckpointError, UsageError
 
+
+class NarrowResNet(tvm.ResNet):
+    """torchvision's ResNet with BasicBlocks and every stage `width` times as wide (torchvision fixes the
+    widths at 64-128-256-512); the same modules and names (conv1, layer1...layer4, fc), so everything that
+    reads a torchvision ResNet reads this one."""
+
+    def __init__(self, layers: list[int], num_classes: int, width: float):
+        nn.Module.__init__(self)
+        c = [max(8, int(round(64 * width * 2 ** i))) for i in range(4)]
+        self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
+        self.inplanes = c[0]
+        self.conv1 = nn.Conv2d(3, c[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(c[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(tvm.resnet.BasicBlock, c[0], layers[0])
+        self.layer2 = self._make_layer(tvm.resnet.BasicBlock, c[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(tvm.resnet.BasicBlock, c[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(tvm.resnet.BasicBlock, c[3], layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(c[3], num_classes)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+_NARROW = {"resnet10-half": ([1, 1, 1, 1], 0.5)}  # name: (BasicBlocks per stage, width)
+
+
 def build(name: str, num_classes: int, in_channels: int) -> nn.Module:
     """torchvision's `name` (resnet18, resnet34, ...) with a stem for `in_channels` and `num_classes` outputs.
 
     resnet10 is torchvision's `ResNet` class with one BasicBlock per stage (ResNet-18 has two): the same
-    stem, widths and head, half the convolutions. torchvision has no builder or weights for it.
+    stem, widths and head, half the convolutions. resnet10-half is that at half the width (32-256
+    channels), a quarter of the multiply-adds. torchvision has no builder or weights for either.
     """
     if name == "resnet10":
         model = tvm.ResNet(tvm.resnet.BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+    elif name in _NARROW:
+        layers, width = _NARROW[name]
+        model = NarrowResNet(layers, num_classes, width)
     else:
         model = getattr(tvm, name)(weights=None, num_classes=num_classes)
     if in_channels != 3:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     return model
 
 
