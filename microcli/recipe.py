@@ -23,8 +23,8 @@ from .data import Item
 
 # Input side a CPU trains at in reasonable time; a GPU affords torchvision's 224.
 CPU_SIDE, GPU_SIDE = 128, 224
-# Backbone: on 2 AVX2 cores a whole NEU-DET epoch (128 px) takes ResNet-10 at half width 13-15 s, ResNet-10
-# 33-43 s and ResNet-18 68 s, so a time budget buys it about three times ResNet-10's epochs (5 minutes:
+# Backbone: on 2 AVX2 cores a whole NEU-DET epoch (128 px) takes ResNet-10 at half width 11-15 s, ResNet-10
+# 33-43 s and ResNet-18 68 s, so a time budget buys it 2.5-3 times ResNet-10's epochs (5 minutes:
 # 96.9 % against 95.3 % and 85.0 %); a GPU affords ResNet-18.
 CPU_ARCH, GPU_ARCH = "resnet10-half", "resnet18"
 # Images whose shorter side is at least this many input sides carry detail a resize would lose:
@@ -44,6 +44,7 @@ TARGET_IMAGES, MIN_EPOCHS, MAX_EPOCHS = 48_000, 15, 60
 # Batch size below LARGE_SET images. On a CPU an image costs about the same in a batch of 16 as of 32
 # (ResNet-10, 128 px, whole epochs: 36-39 against 33-36 img/s), so 16 gives twice the optimiser steps a
 # minute (NEU-DET, 5 minutes: 95.3 % against 92.8 %); a GPU needs the larger batch to be busy.
+# (Measured with ResNet-10 at full width; not re-measured for the half width.)
 CPU_BATCH, GPU_BATCH, LARGE_SET = 16, 32, 5000
 
 

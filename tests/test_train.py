@@ -225,6 +225,22 @@ def test_half_width_resnet10_is_resnet10_with_half_the_channels():
     assert 0.2 < n_half / n_full < 0.3
 
 
+def test_narrow_resnet_at_full_width_is_torchvisions_resnet10():
+    # NarrowResNet re-states torchvision's ResNet.__init__ with other widths: at width 1 it must build the
+    # same network, initialised the same way (same seed, same tensors)
+    import torchvision
+
+    from microcli.models.resnet import NarrowResNet
+
+    torch.manual_seed(0)
+    ours = NarrowResNet([1, 1, 1, 1], 6, 1.0).state_dict()
+    torch.manual_seed(0)
+    theirs = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=6).state_dict()
+    assert list(ours) == list(theirs)
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k])
+
+
 def test_pretrained_state_dict_file_is_adapted_to_one_channel(tmp_path):
     import torchvision
 

@@ -101,7 +101,7 @@ register(ModelInfo("lenet", _lenet, "LeNet-5 (LeCun 1998), ~60k parameters; fast
 # and a whole NEU-DET epoch takes half the time (33-37 s against 68 s): a time budget buys it twice the
 # epochs.
 # ResNet-10 at half width (32-256 channels): a quarter of ResNet-10's multiply-adds (69M against 264M at
-# 128 px; ResNet-18 566M). Its step runs 118-124 images a second against ResNet-10's 35-37 under the same
+# 128 px; ResNet-18 566M). Its step runs 118-124 images a second against ResNet-10's 35-38 under the same
 # conditions, and it reached a higher NEU-DET accuracy in 5 minutes (96.9 % against 95.3 %): on a CPU
 # and a small set the epochs it buys are worth more than the width.
 register(ModelInfo("resnet10", _resnet("resnet10"), "ResNet-10 (torchvision's ResNet, one block per stage), 5M "
