@@ -16,7 +16,7 @@ class NarrowResNet(tvm.ResNet):
 
     def __init__(self, layers: list[int], num_classes: int, width: float):
         nn.Module.__init__(self)
-        c = [max(8, int(round(64 * width * 2 ** i))) for i in range(4)]
+        c = [round(64 * width) * 2 ** i for i in range(4)]
         self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
         self.inplanes = c[0]
         self.conv1 = nn.Conv2d(3, c[0], kernel_size=7, stride=2, padding=3, bias=False)
@@ -37,9 +37,6 @@ class NarrowResNet(tvm.ResNet):
                 nn.init.constant_(m.bias, 0)
 
 
-_NARROW = {"resnet10-half": ([1, 1, 1, 1], 0.5)}  # name: (BasicBlocks per stage, width)
-
-
 def build(name: str, num_classes: int, in_channels: int) -> nn.Module:
     """torchvision's `name` (resnet18, resnet34, ...) with a stem for `in_channels` and `num_classes` outputs.
 
@@ -49,9 +46,8 @@ def build(name: str, num_classes: int, in_channels: int) -> nn.Module:
     """
     if name == "resnet10":
         model = tvm.ResNet(tvm.resnet.BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
-    elif name in _NARROW:
-        layers, width = _NARROW[name]
-        model = NarrowResNet(layers, num_classes, width)
+    elif name == "resnet10-half":
+        model = NarrowResNet([1, 1, 1, 1], num_classes, 0.5)
     else:
         model = getattr(tvm, name)(weights=None, num_classes=num_classes)
     if in_channels != 3:
