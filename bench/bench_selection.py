@@ -104,6 +104,7 @@ def score(data: Path, out: Path, rows: list[dict]) -> dict:
     arrays = decoded.arrays
     y = [best.classes.index(it.label) for it in decoded.items]
     whole = (best.input.fit == "crop" and best.arch.startswith("resnet") and len({a.shape for a in arrays}) == 1)
+    stack = np.stack(arrays) if whole else None  # the whole images, batched as they are
 
     def figures(probs: np.ndarray) -> tuple[float, float]:
         o = confusion_report(y, probs, best.classes, intervals=False)["overall"]
@@ -113,7 +114,6 @@ def score(data: Path, out: Path, rows: list[dict]) -> dict:
         p = Predictor(load_bundle(out / "epochs" / f"{row['epoch']:03d}.pt"))
         row["test_f1"], row["test_acc"] = figures(p.predict_arrays(arrays))
         if whole:
-            stack = np.stack(arrays)
             probs = np.concatenate([p.probs(stack[i:i + 16]) for i in range(0, len(stack), 16)])
             row["whole_f1"], row["whole_acc"] = figures(probs)
         print(f"  epoch {row['epoch']:>3}: val macro-F1 {row['val_f1']:.3f}  test macro-F1 {row['test_f1']:.3f}  "
@@ -125,7 +125,7 @@ def score(data: Path, out: Path, rows: list[dict]) -> dict:
     return {"rows": rows, "chosen": chosen, "best": top, "last": rows[-1], "late_f1": float(np.mean([r["test_f1"] for r in late])),
             "late_acc": float(np.mean([r["test_acc"] for r in late])),
             "late_whole_acc": float(np.mean([r["whole_acc"] for r in late])) if whole else None,
-            "epochs": len(rows), "early_stop": early_stop(rows)}
+            "epochs": len(rows)}
 
 
 def main() -> None:
@@ -158,7 +158,7 @@ def main() -> None:
               f"{last['test_f1']:>7.3f} {100 * last['test_acc']:>5.1f} % {r['late_f1']:>9.3f} {100 * r['late_acc']:>5.1f} % "
               f"{r['minutes']:>5.1f}")
         if args.patience == 0:
-            stop, pick = r["early_stop"]
+            stop, pick = early_stop(r["rows"])
             p = next(x for x in r["rows"] if x["epoch"] == pick)
             print(f"{'':8} --patience 10 would have stopped at epoch {stop} and picked epoch {pick}: test macro-F1 "
                   f"{p['test_f1']:.3f}, accuracy {100 * p['test_acc']:.2f} %" +
