@@ -11,8 +11,9 @@ the test part, so the scoring does not count against the time budget. It prints 
 validation and test figures, then the epoch best.pt came from and its test score, against the best
 test score any epoch reached (known only in hindsight), the last epoch and the mean over the second
 half of the epochs; with --patience 0, also the epoch that --patience 10 would have picked. For
-`--fit crop` ResNets whose test images share one size it also scores the whole image in one pass
-beside the tiles microcli averages. With --no-ema-too it repeats the run with
+`--fit crop` ResNets it scores each epoch twice: on the whole image where it fits (microcli's way,
+`InputSpec.whole`) and on tiles of the crop side, averaged (the way of bundles saved without `whole`);
+the test column is the model's own way. With --no-ema-too it repeats the run with
 --no-ema, side by side. Data: ../shared/datasets (never copied into the project).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import re
 import shutil
 import sys
@@ -90,41 +92,53 @@ def early_stop(rows: list[dict], patience: int = 10) -> tuple[int, int]:
     return stopper.epoch, stopper.best_epoch
 
 
+def with_whole(bundle, whole: int):
+    """The bundle evaluating images of up to `whole` px whole (0: always tiles of the crop side)."""
+    return dataclasses.replace(bundle, input=dataclasses.replace(bundle.input, whole=whole))
+
+
 def score(data: Path, out: Path, rows: list[dict]) -> dict:
-    """Test macro-F1 and accuracy of every kept epoch (tiles averaged, and the whole image where it applies)."""
+    """Test macro-F1 and accuracy of every kept epoch (whole images and tiles, where they differ)."""
     from microcli.checkpoint import load_bundle
     from microcli.data import Item
     from microcli.dataset import decode_items
     from microcli.engines import Predictor
+    from microcli.inputs import CROP_WHOLE
     from microcli.metrics import confusion_report
+    from microcli.models import get_model_info
 
     best = load_bundle(out / "run" / "best.pt")
     test = [r for r in csv.DictReader(open(data)) if r["split"] == "test"]
     decoded = decode_items([Item(r["path"], r["label"]) for r in test], best.input, keep=True)
     arrays = decoded.arrays
     y = [best.classes.index(it.label) for it in decoded.items]
-    whole = (best.input.fit == "crop" and best.arch.startswith("resnet") and len({a.shape for a in arrays}) == 1)
-    stack = np.stack(arrays) if whole else None  # the whole images, batched as they are
+    both = best.input.fit == "crop" and get_model_info(best.arch).any_size
+    whole = CROP_WHOLE * best.input.img_size
 
     def figures(probs: np.ndarray) -> tuple[float, float]:
         o = confusion_report(y, probs, best.classes, intervals=False)["overall"]
         return o["macro_f1"], o["accuracy"]
 
     for row in rows:
-        p = Predictor(load_bundle(out / "epochs" / f"{row['epoch']:03d}.pt"))
-        row["test_f1"], row["test_acc"] = figures(p.predict_arrays(arrays))
-        if whole:
-            probs = np.concatenate([p.probs(stack[i:i + 16]) for i in range(0, len(stack), 16)])
-            row["whole_f1"], row["whole_acc"] = figures(probs)
+        bundle = load_bundle(out / "epochs" / f"{row['epoch']:03d}.pt")
+        if not both:
+            row["test_f1"], row["test_acc"] = figures(Predictor(bundle).predict_arrays(arrays))
+        else:
+            row["whole_f1"], row["whole_acc"] = figures(Predictor(with_whole(bundle, whole)).predict_arrays(arrays))
+            row["tiles_f1"], row["tiles_acc"] = figures(Predictor(with_whole(bundle, 0)).predict_arrays(arrays))
+            own = "whole" if bundle.input.whole else "tiles"
+            row["test_f1"], row["test_acc"] = row[f"{own}_f1"], row[f"{own}_acc"]
         print(f"  epoch {row['epoch']:>3}: val macro-F1 {row['val_f1']:.3f}  test macro-F1 {row['test_f1']:.3f}  "
               f"accuracy {100 * row['test_acc']:.2f} %" +
-              (f"  whole image {100 * row['whole_acc']:.2f} %" if whole else ""), flush=True)
+              (f"  whole {100 * row['whole_acc']:.2f} %, tiles {100 * row['tiles_acc']:.2f} %" if both else ""),
+              flush=True)
     chosen = next(r for r in rows if r["epoch"] == best.metrics["epoch"])
     top = max(rows, key=lambda r: r["test_f1"])
     late = rows[len(rows) // 2:]
     return {"rows": rows, "chosen": chosen, "best": top, "last": rows[-1], "late_f1": float(np.mean([r["test_f1"] for r in late])),
-            "late_acc": float(np.mean([r["test_acc"] for r in late])),
-            "late_whole_acc": float(np.mean([r["whole_acc"] for r in late])) if whole else None,
+            "late_acc": float(np.mean([r["test_acc"] for r in late])), "both": both,
+            **({f"late_{k}_acc": float(np.mean([r[f"{k}_acc"] for r in late])) for k in ("whole", "tiles")}
+               if both else {}),
             "epochs": len(rows)}
 
 
@@ -162,10 +176,11 @@ def main() -> None:
             p = next(x for x in r["rows"] if x["epoch"] == pick)
             print(f"{'':8} --patience 10 would have stopped at epoch {stop} and picked epoch {pick}: test macro-F1 "
                   f"{p['test_f1']:.3f}, accuracy {100 * p['test_acc']:.2f} %" +
-                  (f" (whole image {100 * p['whole_acc']:.2f} %)" if "whole_acc" in p else ""))
-        if r["late_whole_acc"] is not None:
-            print(f"{'':8} whole image instead of tiles: chosen {100 * c['whole_acc']:.2f} %, last "
-                  f"{100 * last['whole_acc']:.2f} %, 2nd half {100 * r['late_whole_acc']:.2f} %")
+                  (f" (whole {100 * p['whole_acc']:.2f} %, tiles {100 * p['tiles_acc']:.2f} %)" if r["both"] else ""))
+        if r["both"]:
+            for k in ("whole", "tiles"):
+                print(f"{'':8} {k}: chosen {100 * c[f'{k}_acc']:.2f} %, last {100 * last[f'{k}_acc']:.2f} %, "
+                      f"2nd half {100 * r[f'late_{k}_acc']:.2f} %")
 
 
 if __name__ == "__main__":

@@ -181,7 +181,9 @@ Classes (output channel order): {', '.join(model.classes)}.
     'Resize the whole image to ' + str(spec.img_size) + ' x ' + str(spec.img_size) + ' px (bilinear, '
     'antialiased; the aspect ratio is not kept).' if spec.fit == 'squash' else
     'Cut tiles of ' + str(spec.img_size) + ' x ' + str(spec.img_size) + ' px at native scale and average '
-    'their probabilities.'}
+    'their probabilities' + ('.' if spec.largest_input == spec.img_size else ' (this package declares the '
+    'training size; the network takes any size, and microcli gives it an image of up to ' + str(spec.whole)
+    + ' x ' + str(spec.whole) + ' px whole, in one pass).')}
 4. Shape (1, {spec.channels}, {spec.img_size}, {spec.img_size}), float32. Normalisation (mean
    {', '.join(f'{m:.6g}' for m in spec.mean)}, std {', '.join(f'{s:.6g}' for s in spec.std)}) is inside the network.
 

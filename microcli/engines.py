@@ -1,7 +1,8 @@
 """Inference engines: what turns prepared arrays into softmax, and the `Predictor` that uses one.
 
 Every engine takes the network inputs as float32 (N, C, S, S) arrays exactly as `prepare_array` makes
-them (not normalised) and returns softmax probabilities (N, K). Engines:
+them (not normalised; fit=crop ResNets also whole images up to a bound, `Views`) and returns softmax
+probabilities (N, K). Engines:
 
 - ``torch``: eager PyTorch (fp32 on CPU, bf16/fp16 autocast on GPUs); always there, the reference. It
   runs bundles and TorchScript files.
@@ -46,7 +47,8 @@ class Engine(Protocol):
     batch: int  # images per call on a CPU
 
     def probs(self, x: np.ndarray) -> np.ndarray:
-        """float32 (N, C, S, S) -> float32 (N, K) softmax."""
+        """float32 (N, C, H, W) -> float32 (N, K) softmax; H = W = S except for the whole images that fit=crop
+        ResNets take (`view_boxes`)."""
 
 
 # --- network inputs from prepared arrays (numpy only) ---------------------------------------------------
@@ -59,21 +61,50 @@ def tile_origins(length: int, size: int) -> list[int]:
     return [round(i * (length - size) / (n - 1)) for i in range(n)]
 
 
-def network_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The network inputs (V, C, S, S) for prepared arrays, and which array each belongs to.
+def view_boxes(h: int, w: int, spec: InputSpec) -> list[tuple[int, int, int, int]]:
+    """(y, x, height, width) of the network inputs that cover a prepared (h, w) array, row by row.
 
-    fit=resize or squash: the array itself (already S x S). fit=crop: tiles at native pixel scale that cover the
-    whole image; their softmax outputs are averaged (`average_views`).
+    fit=resize or squash: the array itself (S x S). fit=crop: the whole array when neither side exceeds
+    `spec.whole`, else the fewest S x S tiles at native scale that cover it, spread evenly (edges
+    included).
     """
+    if max(h, w) <= spec.whole:
+        return [(0, 0, h, w)]
     size = spec.img_size
-    views, owner = [], []
-    for i, a in enumerate(arrays):
-        h, w = a.shape[-2:]
-        for y in tile_origins(h, size):
-            for x in tile_origins(w, size):
-                views.append(a[:, y:y + size, x:x + size])
+    return [(y, x, size, size) for y in tile_origins(h, size) for x in tile_origins(w, size)]
+
+
+class Views:
+    """The network inputs for prepared arrays, grouped by shape so that each group stacks into one
+    (V, C, h, w) array: `groups` holds (inputs, owner: which array each belongs to, boxes: where each sits
+    on its array as (y, x, height, width)). A fit=resize or squash model has one group of (N, C, S, S)."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], spec: InputSpec):
+        by_shape: dict[tuple[int, int], tuple[list, list, list]] = {}
+        for i, a in enumerate(arrays):
+            for box in view_boxes(*a.shape[-2:], spec):
+                y, x, vh, vw = box
+                views, owner, boxes = by_shape.setdefault((vh, vw), ([], [], []))
+                views.append(a[:, y:y + vh, x:x + vw])
                 owner.append(i)
-    return np.ascontiguousarray(np.stack(views), dtype=np.float32), np.asarray(owner)
+                boxes.append(box)
+        self.groups = [(np.ascontiguousarray(np.stack(v), dtype=np.float32), np.asarray(o), b)
+                       for v, o, b in by_shape.values()]
+
+    def __len__(self) -> int:
+        return sum(len(o) for _, o, _ in self.groups)
+
+    def batches(self, step: int):
+        """(inputs, owner, boxes) of at most `step` views of one shape at a time, group after group."""
+        for x, owner, boxes in self.groups:
+            for i in range(0, len(x), step):
+                yield x[i:i + step], owner[i:i + step], boxes[i:i + step]
+
+
+def network_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> Views:
+    """The network inputs for prepared arrays (`Views`); their softmax outputs are averaged per array
+    (`average_views`)."""
+    return Views(arrays, spec)
 
 
 def average_views(probs: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
@@ -386,7 +417,7 @@ class Predictor:
         return self.engine.name
 
     def probs(self, x: Any) -> np.ndarray:
-        """Softmax (N, K) for network inputs (N, C, S, S) (numpy, or a torch tensor)."""
+        """Softmax (N, K) for network inputs (N, C, H, W) of one shape (numpy, or a torch tensor)."""
         x = x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)
         if not self.tta:
             return self.engine.probs(x)
@@ -408,10 +439,10 @@ class Predictor:
         """
         if not len(arrays):
             return np.zeros((0, len(self.classes)), np.float32)
-        views, owner = network_views(arrays, self.spec)
         step = min(batch_size, self.engine.batch) if self.engine.on_cpu else batch_size
-        probs = np.concatenate([self.probs(views[i:i + step]) for i in range(0, len(views), step)])
-        return probs if len(views) == len(arrays) else average_views(probs, owner, len(arrays))
+        parts = [(self.probs(x), owner) for x, owner, _ in network_views(arrays, self.spec).batches(step)]
+        return average_views(np.concatenate([p for p, _ in parts]), np.concatenate([o for _, o in parts]),
+                             len(arrays))
 
 
 def warn_message(text: str) -> None:

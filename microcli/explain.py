@@ -12,9 +12,10 @@ here with one forward hook and one `torch.autograd.grad` call per batch:
 - the hook replaces the layer's output by a detached copy that requires a gradient, so autograd records
   only the small head after it (pooling and the classifier): explaining costs little more than
   predicting;
-- fit=crop models see tiles at native scale (`inference.eval_views`); each tile's map is placed on the
-  tile and the tiles are averaged per pixel (weighted towards each tile's middle) into one map of the
-  whole image, for the class that the averaged softmax (the image's prediction) chose.
+- fit=crop models see the image at native scale (`inference.eval_views`: whole when it fits, else
+  tiles); each view's map is placed on its view and the views are averaged per pixel (weighted towards
+  each view's middle) into one map of the whole image, for the class that the averaged softmax (the
+  image's prediction) chose.
 
 The library never prints: `explain_stream` yields one `Explanation` per input, errors included, and
 `render_explanation` returns the picture as an array.
@@ -50,7 +51,7 @@ class Explanation:
     array : ndarray of float32, shape (C, H, W), or None
         What the network saw: the prepared array (`inputs.prepare_array`), not normalised.
     probs : ndarray of float32, shape (K,), or None
-        Softmax, equal to `predict`'s for the same file (averaged over tiles for fit=crop models).
+        Softmax, equal to `predict`'s for the same file (averaged over its views for fit=crop models).
     target : int
         The class whose evidence `cam` shows (the predicted one unless another was asked for).
     cam : ndarray of float32, shape (H, W), or None
@@ -171,28 +172,27 @@ class CamExplainer:
         arrays : sequence of ndarray, shape (C, H, W)
             From `inputs.prepare_array` with this model's spec.
         target : int or None
-            The class to explain; None: each image's predicted class (of the tiles' mean softmax for
+            The class to explain; None: each image's predicted class (of its views' mean softmax for
             fit=crop models, as predict gives it).
         batch_size : int, default 64
             Network inputs at a time (16 on a CPU, where that is faster, as in `Predictor`).
         """
         if not len(arrays):
             return []
-        views, owner = eval_views(arrays, self.predictor.spec)
         step = min(batch_size, CPU_MICRO_BATCH) if self.engine.on_cpu else batch_size
-        # One forward pass per view; the backward passes wait until every tile of an image has voted, as
-        # the image's class is that of its tiles' mean softmax. Only the small heads are kept meanwhile.
-        passes = [self._forward(views[i:i + step]) for i in range(0, len(views), step)]
-        view_probs = np.concatenate([F.softmax(lg.detach(), 1).cpu().numpy() for lg, _ in passes])
-        probs = view_probs if len(views) == len(arrays) else average_views(view_probs, owner, len(arrays))
+        batches = list(eval_views(arrays, self.predictor.spec).batches(step))
+        # One forward pass per view; the backward passes wait until every view of an image has voted, as
+        # the image's class is that of its views' mean softmax. Only the small heads are kept meanwhile.
+        passes = [self._forward(torch.from_numpy(x)) for x, _, _ in batches]
+        owner = np.concatenate([o for _, o, _ in batches])
+        probs = average_views(np.concatenate([F.softmax(lg.detach(), 1).cpu().numpy() for lg, _ in passes]),
+                              owner, len(arrays))
         targets = probs.argmax(1) if target is None else np.full(len(arrays), target)
-        cams = np.concatenate([self._cam(lg, acts, targets[owner[i * step:i * step + len(lg)]])
-                               for i, (lg, acts) in enumerate(passes)])
-        geo, size = self.geometry, self.predictor.spec.img_size
-        if len(views) == len(arrays):
-            return [(probs[n], int(targets[n]), *_finish(place_map(cams[n], a.shape[-2:], **geo)))
-                    for n, a in enumerate(arrays)]
-        return [(probs[n], int(targets[n]), *_finish(_combine_tiles(a, cams[owner == n], size, geo)))
+        cams: list[list] = [[] for _ in arrays]  # per image: (box, map) of each of its views
+        for (lg, acts), (_, o, boxes) in zip(passes, batches):
+            for n, box, cam in zip(o, boxes, self._cam(lg, acts, targets[o])):
+                cams[n].append((box, cam))
+        return [(probs[n], int(targets[n]), *_finish(_combine_views(a.shape[-2:], cams[n], self.geometry)))
                 for n, a in enumerate(arrays)]
 
 
@@ -222,24 +222,23 @@ def place_map(cam: np.ndarray, size: tuple[int, int], *, stride: float, offset: 
     return (top * (1 - fy[:, None]) + bottom * fy[:, None]).astype(np.float32)
 
 
-def _combine_tiles(array: np.ndarray, cams: np.ndarray, size: int, geometry: dict) -> np.ndarray:
-    """Tile maps (in `eval_views` order) combined per pixel into one map of the whole array: a mean
-    weighted by a window that fades towards each tile's edges (overlap-add), so that where tiles overlap
-    the one that sees a pixel in its middle counts most, and no seam shows along tile borders."""
-    from .inference import tile_origins
-
-    h, w = array.shape[-2:]
-    ramp = np.sin(np.pi * (np.arange(size) + 0.5) / size).astype(np.float32)  # > 0 everywhere
-    window = np.outer(ramp, ramp)
+def _combine_views(shape: tuple[int, int], cams: list, geometry: dict) -> np.ndarray:
+    """Views' maps ((y, x, height, width) box and map, `engines.view_boxes`) combined per pixel into one
+    map of the whole (h, w) array: a mean weighted by a window that fades towards each view's edges
+    (overlap-add), so that where views overlap the one that sees a pixel in its middle counts most, and
+    no seam shows along their borders. A single view covering the array gives its own map."""
+    h, w = shape
     total = np.zeros((h, w), np.float32)
     weight = np.zeros((h, w), np.float32)
-    k = 0
-    for y in tile_origins(h, size):
-        for x in tile_origins(w, size):
-            total[y:y + size, x:x + size] += window * place_map(cams[k], (size, size), **geometry)
-            weight[y:y + size, x:x + size] += window
-            k += 1
+    for (y, x, vh, vw), cam in cams:
+        window = np.outer(_ramp(vh), _ramp(vw))
+        total[y:y + vh, x:x + vw] += window * place_map(cam, (vh, vw), **geometry)
+        weight[y:y + vh, x:x + vw] += window
     return total / weight
+
+
+def _ramp(n: int) -> np.ndarray:
+    return np.sin(np.pi * (np.arange(n) + 0.5) / n).astype(np.float32)  # > 0 everywhere
 
 
 def _finish(cam: np.ndarray) -> tuple[np.ndarray, float]:

@@ -7,7 +7,9 @@ An exported network maps the *prepared* image to class probabilities:
 "Prepared" is what `microcli.inputs.prepare_array` makes of a file: pixels scaled to [0, 1] by the
 file's bit depth, the classical pipeline applied, fitted to S x S. Normalisation and softmax are inside
 the graph, so a program outside microcli only has to reproduce the preparation. The batch size is
-dynamic; the spatial size is S, as in training.
+dynamic; the spatial size is S, as in training, except for fit=crop ResNets, which evaluate images of
+up to `InputSpec.whole` pixels whole: their height and width are dynamic, and the check runs at both
+sizes.
 
 Every export is checked before anything is written: the exported model, run the way microcli runs it
 (ONNX: by every installed runtime), must give the PyTorch model's softmax within `TOLERANCE` on a few
@@ -17,6 +19,7 @@ of the training run's own images, at two batch sizes; else `ExportError` and no 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -119,7 +122,8 @@ def export_net(model: ModelFile) -> ExportNet:
 # --- the check -------------------------------------------------------------------------------------------
 
 def check_arrays(model: ModelFile, n: int = CHECK_IMAGES) -> tuple[np.ndarray, str]:
-    """Up to `n` network inputs (n, C, S, S) for checking an export, and where they came from.
+    """Up to `n` network inputs (n, C, S, S) for checking an export, and where they came from (fit=crop:
+    S x S tiles of them; `larger_inputs` makes the whole images of models that take them).
 
     The training run's own images (split.csv beside the bundle, one class after another) prepared as
     predict prepares them; when those files are gone (a bundle copied to another machine), seeded
@@ -149,11 +153,26 @@ def check_arrays(model: ModelFile, n: int = CHECK_IMAGES) -> tuple[np.ndarray, s
             if len(arrays) >= n:
                 break
     if arrays:
-        views, _ = network_views(arrays, spec)
-        return views[:n], f"{len(views[:n])} images of the training run ({split_csv.name})"
+        views = network_views(arrays, dataclasses.replace(spec, whole=0)).groups[0][0][:n]
+        return views, f"{len(views)} images of the training run ({split_csv.name})"
     rng = np.random.default_rng(0)
     x = rng.random((n, spec.channels, spec.img_size, spec.img_size), dtype=np.float32)
     return x, f"{n} random images (the training run's images were not found)"
+
+
+def larger_inputs(model: ModelFile, x: np.ndarray) -> np.ndarray | None:
+    """The check inputs (N, C, S, S) mirrored out to the model's largest input (`InputSpec.largest_input`),
+    or None for a model that only takes S x S."""
+    spec = model.input
+    pad = spec.largest_input - spec.img_size
+    if pad <= 0:
+        return None
+    return np.pad(x[:2], ((0, 0), (0, 0), (0, pad), (0, pad)), mode="symmetric")
+
+
+def _spatial(spec: InputSpec) -> list:
+    """The input's height and width as stored in metadata: S, or 'height'/'width' when dynamic."""
+    return ["height", "width"] if spec.largest_input > spec.img_size else [spec.img_size, spec.img_size]
 
 
 def compare(reference: np.ndarray, got: np.ndarray, what: str, tolerance: float = TOLERANCE) -> float:
@@ -191,13 +210,14 @@ def onnx_proto(model: ModelFile, *, opset: int = DEFAULT_OPSET):
     net.net = _onnx_ready(net.net, model.input)
     spec = model.input
     example = torch.zeros(2, spec.channels, spec.img_size, spec.img_size)
+    axes = {0: "batch", **({2: "height", 3: "width"} if spec.largest_input > spec.img_size else {})}
     buf = io.BytesIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         # the TorchScript-based exporter warns that it is deprecated: true, and not the user's business
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(net, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}},
                               opset_version=opset, do_constant_folding=True, dynamo=False)
         except Exception as exc:
             raise ExportError(f"{model.path}: torch.onnx.export failed ({type(exc).__name__}: "
@@ -213,8 +233,7 @@ def _onnx_with_metadata(proto, model: ModelFile, opset: int, check: dict) -> byt
 
     spec = model.input
     info = {"format": "onnx", "opset": opset, "exporter": "torch.onnx (TorchScript-based, dynamo=False)",
-            "input": {"name": INPUT_NAME, "shape": ["batch", spec.channels, spec.img_size, spec.img_size],
-                      "dtype": "float32"},
+            "input": {"name": INPUT_NAME, "shape": ["batch", spec.channels, *_spatial(spec)], "dtype": "float32"},
             "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.classes)], "meaning": "softmax"},
             "versions": _versions(onnx=onnx.__version__), "check": check}
     del proto.metadata_props[:]
@@ -228,13 +247,16 @@ def describe(model: ModelFile) -> str:
     spec = model.input
     pipe = str(spec.get_pipeline()) or "none"
     return (f"microcli {model.arch} classifier, {len(model.classes)} classes: {', '.join(model.classes)}. "
-            f"Input '{INPUT_NAME}': float32 (batch, {spec.channels}, {spec.img_size}, {spec.img_size}), pixels "
+            f"Input '{INPUT_NAME}': float32 (batch, {spec.channels}, {', '.join(map(str, _spatial(spec)))}), pixels "
             f"scaled to [0, 1] by the file's bit depth (8-bit / 255, 16-bit / 65535), read as "
             f"{'grayscale' if spec.channels == 1 else 'RGB'}, classical pipeline '{pipe}' applied, then "
             + ("shorter side resized (bilinear, antialiased) to the input size and centre-cropped"
                if spec.fit == "resize" else
                "the whole image resized (bilinear, antialiased) to the input size, aspect ratio not kept"
-               if spec.fit == "squash" else "tiles of the input size at native pixel scale")
+               if spec.fit == "squash" else "tiles of the input size at native pixel scale"
+               if spec.largest_input == spec.img_size else
+               f"at native pixel scale, the whole image when neither side exceeds {spec.whole} px (any size from "
+               f"{spec.img_size} px on), else tiles of the input size, their softmax averaged")
             + f". Normalisation is inside the graph. Output '{OUTPUT_NAME}': softmax (batch, {len(model.classes)}), "
             "columns in the class order above.")
 
@@ -249,6 +271,8 @@ def checked_onnx(model: ModelFile, *, opset: int = DEFAULT_OPSET, n_check: int =
     if not runtimes:
         raise NotInstalledError(f"checking an ONNX export needs onnxruntime or openvino: {FAST_EXTRA}")
     ref = _reference(export_net(model), x)
+    big = larger_inputs(model, x)
+    ref_big = None if big is None else _reference(export_net(model), big)
     proto = onnx_proto(model, opset=opset)
     check: dict[str, Any] = {"images": source, "tolerance": TOLERANCE, "runtimes": runtimes}
     data = _onnx_with_metadata(proto, model, opset, check)
@@ -258,6 +282,8 @@ def checked_onnx(model: ModelFile, *, opset: int = DEFAULT_OPSET, n_check: int =
         diffs.append(compare(ref, engine.probs(x), f"ONNX export ({name})"))
         # a second batch size: the batch axis must be dynamic
         diffs.append(compare(ref[:1], engine.probs(x[:1]), f"ONNX export ({name}, batch of 1)"))
+        if big is not None:
+            diffs.append(compare(ref_big, engine.probs(big), f"ONNX export ({name}, {big.shape[-1]} px input)"))
     check["max_abs_diff"] = max(diffs)
     return _onnx_with_metadata(proto, model, opset, check), check
 
@@ -292,8 +318,8 @@ def checked_torchscript(model: ModelFile, *, n_check: int = CHECK_IMAGES, x: np.
 
     def archive() -> bytes:
         info = {"format": "torchscript", "exporter": "torch.jit.script",
-                "input": {"name": INPUT_NAME, "shape": ["batch", model.input.channels, model.input.img_size,
-                                                        model.input.img_size], "dtype": "float32"},
+                "input": {"name": INPUT_NAME, "shape": ["batch", model.input.channels, *_spatial(model.input)],
+                          "dtype": "float32"},
                 "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.classes)], "meaning": "softmax"},
                 "versions": _versions(), "check": check}
         buf = io.BytesIO()
@@ -305,8 +331,13 @@ def checked_torchscript(model: ModelFile, *, n_check: int = CHECK_IMAGES, x: np.
         loaded = torch.jit.load(io.BytesIO(archive()), map_location="cpu")
     with torch.inference_mode():
         got, one = loaded(torch.from_numpy(x)).numpy(), loaded(torch.from_numpy(x[:1])).numpy()
-    check["max_abs_diff"] = max(compare(ref, got, "TorchScript export"),
-                                compare(ref[:1], one, "TorchScript export (batch of 1)"))
+    diffs = [compare(ref, got, "TorchScript export"), compare(ref[:1], one, "TorchScript export (batch of 1)")]
+    big = larger_inputs(model, x)
+    if big is not None:
+        with torch.inference_mode():
+            diffs.append(compare(_reference(net, big), loaded(torch.from_numpy(big)).numpy(),
+                                 f"TorchScript export ({big.shape[-1]} px input)"))
+    check["max_abs_diff"] = max(diffs)
     return archive(), check
 
 

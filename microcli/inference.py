@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engines import CPU_MICRO_BATCH, Predictor, average_views, network_views, tile_origins  # noqa: F401
+from .engines import CPU_MICRO_BATCH, Predictor, Views, average_views, network_views, tile_origins  # noqa: F401
 from .inputs import InputSpec
 from .errors import UsageError
 from .modelfile import ModelFile
@@ -74,14 +74,11 @@ def set_threads(threads: int = 0) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
-def eval_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> tuple[torch.Tensor, np.ndarray]:
-    """The network inputs for evaluating prepared arrays, and which array each belongs to.
-
-    fit=resize or squash: the array itself (already size x size). fit=crop: tiles at native pixel scale that cover
-    the whole image; their softmax outputs are averaged (`average_views`).
-    """
-    views, owner = network_views(arrays, spec)
-    return torch.from_numpy(views), owner
+def eval_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> Views:
+    """The network inputs for evaluating prepared arrays (`engines.Views`): the array itself for
+    fit=resize or squash; for fit=crop, the whole image at native scale when it fits in `spec.whole`,
+    else tiles that cover it, whose softmax outputs are averaged (`average_views`)."""
+    return network_views(arrays, spec)
 
 
 def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:

@@ -28,7 +28,7 @@ class Fit(Choice):
     auto = "auto"  # training only: chosen from the image sizes (`microcli.recipe.choose_fit`)
     resize = "resize"  # shorter side to the input size, centre crop
     squash = "squash"  # both sides to the input size: the whole image, aspect ratio not kept
-    crop = "crop"  # native pixel scale: random crops in training, tiles averaged in evaluation
+    crop = "crop"  # native pixel scale: random crops in training, the whole image (or views) in evaluation
 
 
 class Sampler(Choice):

@@ -28,7 +28,7 @@ CPU_SIDE, GPU_SIDE = 128, 224
 # 96.9 % against 95.3 % and 85.0 %); a GPU affords ResNet-18.
 CPU_ARCH, GPU_ARCH = "resnet10-half", "resnet18"
 # Images whose shorter side is at least this many input sides carry detail a resize would lose:
-# train on native-scale crops and evaluate on tiles instead (NEU-DET 200 px at 128: crop beat resize)...
+# train on native-scale crops and evaluate at native scale instead (NEU-DET 200 px at 128: crop beat resize)...
 CROP_RATIO = 1.5
 # ...when they share one pixel scale: frames of one instrument come in one size (or a few), while
 # regions cut around objects vary (magnetic-tile: shorter sides 122-373 px, interquartile range 45 % of
@@ -156,7 +156,7 @@ def choose_fit(stats: DataStats, side: int) -> tuple[str, str]:
                           "it), so they do not share a pixel scale; each whole image is resized to the input")
     if stats.median_side >= CROP_RATIO * side:
         return "crop", (f"crop: the images share one size ({seen}, over {CROP_RATIO}x the input), so training sees "
-                        "native-scale crops and evaluation averages tiles")
+                        "native-scale crops and evaluation the image at native scale")
     if stats.aspect > SQUASH_ASPECT:
         return "squash", (f"squash: the images ({seen}) are near the input size but {stats.aspect:.2f}:1, so the "
                           "whole image is resized to the input rather than centre-cropped")

@@ -31,11 +31,12 @@ from .config import Resolved, TrainConfig
 from .data import Item, discover
 from .dataset import DecodedSet, Source, choose_cache, decode_items
 from .errors import DataError
-from .engines import Predictor, average_views
+from .engines import Predictor, Views, average_views
 from .inference import eval_views, model_logits, normalize, pick_device, pick_dtype, set_threads
-from .inputs import InputSpec, detect_channels
+from .inputs import CROP_WHOLE, InputSpec, detect_channels
 from .metrics import confusion_report
-from .models import create_model, load_pretrained
+from .models import create_model, get_model_info, load_pretrained
+from .options import Fit
 from .parallel import auto_workers
 from .preprocess import Pipeline
 from .recipe import batch_plan, choose_recipe, class_weights, data_stats, plan_epochs, sample_weights
@@ -174,7 +175,13 @@ def resolve_input(cfg: TrainConfig, train_items: list[Item], previous: Bundle | 
     if channels is None:
         channels = detect_channels([it.path for it in train_items], max_pixels=cfg.max_pixels)
         reasons["channels"] = "every image is gray" if channels == 1 else "some images have colour"
-    return InputSpec(channels, cfg.img_size, cfg.fit.value, tuple(Pipeline.parse(cfg.preprocess).to_list())), reasons
+    whole = 0
+    if cfg.fit is Fit.crop and get_model_info(cfg.arch.value).any_size:
+        whole = CROP_WHOLE * cfg.img_size
+        reasons["whole"] = (f"{whole} px: an image up to {whole} x {whole} px is evaluated whole, in one pass at "
+                            f"native scale; a larger one on {cfg.img_size} px tiles, their softmax averaged")
+    return InputSpec(channels, cfg.img_size, cfg.fit.value, tuple(Pipeline.parse(cfg.preprocess).to_list()),
+                     whole=whole), reasons
 
 
 def decode_splits(cfg: TrainConfig, classes: list[str], splits: dict[str, list[Item]], spec: InputSpec,
@@ -491,7 +498,7 @@ class EpochLoop:
     y_train: torch.Tensor
     bs: int
     steps: int
-    val_views: tuple[torch.Tensor, np.ndarray] | None  # None: no validation (a final refit)
+    val_views: Views | None  # None: no validation (a final refit)
     y_val: list[int]
     classes: list[str]
     draw: torch.Tensor | None  # per-image sampling weights (None: each image once per epoch)
@@ -657,24 +664,22 @@ def train_one_epoch(ctx: StepContext, source: Source, perm: torch.Tensor, labels
 
 
 @torch.no_grad()
-def validate(model: nn.Module, views: tuple[torch.Tensor, np.ndarray], y_val: list[int], spec: InputSpec,
+def validate(model: nn.Module, views: Views, y_val: list[int], spec: InputSpec,
              env: Runtime) -> tuple[np.ndarray, float]:
-    """Validation softmax over every view (each rank its slice, then gathered), averaged per image,
-    and the mean log loss."""
+    """Validation softmax over every view (each rank every world-th batch, then gathered), averaged per
+    image, and the mean log loss.
+"""
     model.eval()
-    x_all, owner = views
-    idx = list(range(env.rank, len(x_all), env.world))
-    probs = [F.softmax(model_logits(model, x_all[idx[i:i + 256]], spec, env.device, env.amp_dtype, True), 1).cpu()
-             for i in range(0, len(idx), 256)]
-    full = torch.cat(probs).numpy() if probs else np.zeros((0, 1), np.float32)
+    batches = list(views.batches(max(1, min(256, -(-len(views) // env.world)))))  # every rank a share
+    mine = [(i, F.softmax(model_logits(model, torch.from_numpy(x), spec, env.device, env.amp_dtype, True), 1)
+             .cpu().numpy()) for i, (x, _, _) in enumerate(batches) if i % env.world == env.rank]
     if env.world > 1:
         gathered: list = [None] * env.world
-        dist.all_gather_object(gathered, (idx, full))
-        full = np.zeros((len(x_all), max(p.shape[1] for _, p in gathered)), np.float32)
-        for ids, p in gathered:
-            if len(ids):
-                full[ids] = p
-    full = average_views(full, owner, len(y_val))
+        dist.all_gather_object(gathered, mine)
+        mine = [part for rank in gathered for part in rank]
+    done = dict(mine)
+    full = average_views(np.concatenate([done[i] for i in range(len(batches))]),
+                         np.concatenate([owner for _, owner, _ in batches]), len(y_val))
     y = np.asarray(y_val)
     return full, float(-np.log(np.clip(full[np.arange(len(y)), y], 1e-15, 1)).mean())
 

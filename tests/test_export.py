@@ -20,9 +20,9 @@ from microcli.cli.app import app
 from microcli.engines import Predictor, installed, network_views
 from microcli.errors import ExportError
 from microcli.export import TOLERANCE, compare
-from microcli.inputs import InputSpec
+from microcli.inputs import CROP_WHOLE, InputSpec
 from microcli.modelfile import load_model, onnx_metadata_props
-from microcli.models import REGISTRY, create_model
+from microcli.models import REGISTRY, create_model, get_model_info
 
 from .conftest import REPO
 
@@ -39,7 +39,8 @@ def make_bundle(path, arch: str, channels: int, fit: str, *, size: int = 48, pip
     """A real bundle of a freshly initialised network (seeded): what export reads, without training."""
     torch.manual_seed(0)
     net = create_model(arch, len(CLASSES), channels)
-    spec = InputSpec(channels, size, fit, pipeline, (0.45,) * channels, (0.22,) * channels)
+    whole = CROP_WHOLE * size if fit == "crop" and get_model_info(arch).any_size else 0  # as training sets it
+    spec = InputSpec(channels, size, fit, pipeline, (0.45,) * channels, (0.22,) * channels, whole)
     bundle = Bundle(arch, CLASSES, spec, net.state_dict(), {"arch": arch}, {"val_macro_f1": 0.5}, {"train_images": 1},
                     versions(), path=str(path))
     save_bundle(bundle, path)
@@ -74,7 +75,7 @@ VARIANTS = [(arch, 1, "resize") for arch in REGISTRY] + [(arch, 3, "crop") for a
 @needs_onnx
 @pytest.mark.parametrize("arch,channels,fit", VARIANTS)
 def test_round_trip_gives_the_same_classes(tmp_path, arch, channels, fit):
-    size = 64 if fit == "crop" else 32  # crop: 128 px samples -> 4 tiles averaged per image
+    size = 64 if fit == "crop" else 32  # crop: 128 px samples -> the whole image (ResNets), 4 tiles (LeNet)
     bundle = make_bundle(tmp_path / "m.pt", arch, channels, fit, size=size)
     per_class = 2 if arch in ("resnet34", "resnet50") else 4  # the big ones cost seconds per engine
     files = [str(p) for c in CLASSES for p in sorted((SAMPLE / c).glob("*.png"))[:per_class]]
@@ -88,6 +89,10 @@ def test_round_trip_gives_the_same_classes(tmp_path, arch, channels, fit):
         engines = ONNX_ENGINES if fmt == "onnx" else ["torch"]
         for engine in engines:
             same_classes(ref, predict_rows(out, "--engine", engine, files=files))
+        if fit == "crop":  # ResNets: the whole 128 px image in one pass; LeNet: 64 px tiles
+            r = runner.invoke(app, ["info", str(out)])
+            said = "evaluated on tiles" if arch == "lenet" else "images up to 128 px evaluated whole"
+            assert r.exit_code == 0 and said in " ".join(r.stdout.split())
 
 
 @needs_onnx
@@ -278,6 +283,19 @@ def test_a_bundle_is_converted_once_and_then_runs_from_the_cache(trained_run, en
 
 
 def test_network_views_tile_crop_models():
-    spec = InputSpec(1, 64, "crop")
-    views, owner = network_views([np.zeros((1, 128, 100), np.float32), np.zeros((1, 64, 64), np.float32)], spec)
-    assert views.shape == (5, 1, 64, 64) and owner.tolist() == [0] * 4 + [1]  # 128 x 100: 2 x 2 tiles
+    arrays = [np.zeros((1, 128, 100), np.float32), np.zeros((1, 64, 64), np.float32)]
+    tiles = network_views(arrays, InputSpec(1, 64, "crop"))  # whole 0: tiles of the training size
+    (x, owner, boxes), = tiles.groups
+    assert x.shape == (5, 1, 64, 64) and owner.tolist() == [0] * 4 + [1]  # 128 x 100: 2 x 2 tiles
+    assert boxes[:4] == [(0, 0, 64, 64), (0, 36, 64, 64), (64, 0, 64, 64), (64, 36, 64, 64)]
+
+
+def test_network_views_take_images_up_to_the_bound_whole_and_tile_larger_ones():
+    arrays = [np.zeros((1, 128, 100), np.float32), np.zeros((1, 300, 100), np.float32),
+              np.zeros((1, 64, 64), np.float32), np.zeros((1, 128, 100), np.float32)]
+    views = network_views(arrays, InputSpec(1, 64, "crop", whole=128))
+    shapes = {x.shape[-2:]: (owner.tolist(), boxes) for x, owner, boxes in views.groups}
+    assert shapes[(128, 100)] == ([0, 3], [(0, 0, 128, 100)] * 2)  # whole, in one pass
+    tiles, boxes = shapes[(64, 64)]  # 300 x 100 is over the bound: 5 x 2 tiles of 64; 64 x 64 is whole
+    assert tiles == [1] * 10 + [2] and boxes[:3] == [(0, 0, 64, 64), (0, 36, 64, 64), (59, 0, 64, 64)]
+    assert len(views) == 13 and [len(o) for _, o, _ in views.batches(4)] == [2, 4, 4, 3]  # one shape a batch

@@ -57,6 +57,18 @@ def test_fit_follows_how_the_images_were_taken(spread, aspect, side, fit):
     assert cfg.img_size == min(side, 128)
 
 
+@pytest.mark.parametrize("arch,fit,view", [("resnet10-half", "crop", 256), ("resnet18", "crop", 256),
+                                           ("lenet", "crop", 0), ("resnet10-half", "squash", 0)])
+def test_crop_resnets_evaluate_images_up_to_twice_the_crop_whole(arch, fit, view):
+    from microcli.data import Item
+    from microcli.train import resolve_input
+
+    items = [Item(str(p), p.parent.name) for p in sorted(SAMPLE.glob("*/*.png"))[:4]]
+    spec, reasons = resolve_input(TrainConfig(data="d", out="o", arch=arch, fit=fit, img_size=128), items, None)
+    assert spec.whole == view and spec.largest_input == (view or 128)
+    assert ("an image up to 256 x 256 px is evaluated whole" in reasons["whole"]) if view else "whole" not in reasons
+
+
 def test_data_stats_reads_sizes_from_the_headers(tmp_path):
     from PIL import Image
 

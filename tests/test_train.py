@@ -72,7 +72,7 @@ def test_bundle_loads_with_weights_only_and_gives_the_same_logits(lenet_run):
     from microcli.inputs import prepare_array
 
     files = sorted(SAMPLE.glob("*/*.png"))[:5]
-    x = eval_views([prepare_array(str(f), bundle.input) for f in files], bundle.input)[0]
+    x = torch.from_numpy(eval_views([prepare_array(str(f), bundle.input) for f in files], bundle.input).groups[0][0])
     mean = torch.tensor(raw["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(raw["input"]["std"]).view(1, -1, 1, 1)
     with torch.no_grad():

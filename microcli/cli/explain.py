@@ -47,7 +47,7 @@ def explain(
     with their probabilities.
 
     The map shows the evidence for the predicted class, or for --class NAME. The probabilities are the
-    ones predict gives; fit=crop models are explained tile by tile and the tiles averaged per pixel.
+    ones predict gives; fit=crop models are explained view by view and the views averaged per pixel.
     One row per image goes to stdout: path, class, confidence, top2/top3, explained (the class shown),
     map (the PNG). An unreadable file is named on stderr, the others go on (exit 3).
 

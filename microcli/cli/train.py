@@ -41,8 +41,8 @@ _ImgSizeOpt = _opt(int, "--img-size", panel=_M, min=0, help="Network input side 
 _ChannelsOpt = _opt(Channels, "--channels", panel=_M, help="auto: 1 when every image is gray.")
 _FitOpt = _opt(Fit, "--fit", panel=_M, help="resize: shorter side to the input size, centre crop; squash: the "
                                             "whole image to the input size; crop: native pixel scale, random "
-                                            "crops in training, tiles in evaluation; auto: chosen from the "
-                                            "image sizes.")
+                                            "crops in training, the whole image (or views averaged) in "
+                                            "evaluation; auto: chosen from the image sizes.")
 _PreprocessOpt = _opt(str, "--preprocess", "-p", panel=_M, help="Classical ops before the network, 'op:k=v|op:k=v' "
                                                                 "(see microcli filters); 'none' for none "
                                                                 "[default: chosen from the data].")

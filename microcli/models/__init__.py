@@ -37,6 +37,9 @@ class ModelInfo:
         ``cam_offset + cam_stride * i`` (the centre of its receptive field, from the strides, kernels and
         paddings before it). Heat maps are placed by these, not stretched over the image.
     first_conv : the first convolution, whose kernels `microcli explain --filters` shows.
+    any_size : True when the network takes any input side from `min_size` on (convolutions, then global
+        average pooling): a fit=crop model then evaluates images up to a bound whole, in one pass
+        (`inputs.InputSpec.whole`). LeNet's fixed pooling grid takes only the training size.
     """
 
     name: str
@@ -50,6 +53,7 @@ class ModelInfo:
     cam_stride: int = 32
     cam_offset: float = 15.5
     first_conv: str = "conv1"
+    any_size: bool = True
 
     @property
     def pretrained(self) -> bool:
@@ -88,7 +92,8 @@ def _resnet(name: str) -> Callable[[int, int], nn.Module]:
 # the input side). Its unpadded 5x5 convolutions and 2x pooling put cell i on input pixel 2i + 6.5 (C1: +2,
 # S2: +0.5, C3: +2 x 2), so its 18 cells of a 48 px input span pixels 6.5-40.5, not 0-47.
 register(ModelInfo("lenet", _lenet, "LeNet-5 (LeCun 1998), ~60k parameters; fast, small data", 3e-3, min_size=16,
-                   cam_layer="features.4", cam_stride=2, cam_offset=6.5, first_conv="features.0"))
+                   cam_layer="features.4", cam_stride=2, cam_offset=6.5, first_conv="features.0",
+                   any_size=False))
 # Measured (input gradient's centre of mass per cell): LeNet's cells sit within 0.2 px of 2i + 6.5.
 # ResNets: layer4, 1/32 of the input side, placed as cells tiling the image (pixel 32 i + 15.5, the usual
 # Grad-CAM resize): a layer4 cell's receptive field (435 px for ResNet-18) exceeds the usual inputs; at

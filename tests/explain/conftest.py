@@ -63,7 +63,7 @@ def squares_run(squares_result) -> Path:
 
 
 def random_bundle(path: Path, arch: str, *, channels: int = 1, img_size: int = 64, fit: str = "resize",
-                  classes=("a", "b", "c")) -> Path:
+                  classes=("a", "b", "c"), whole: int = 0) -> Path:
     """A real model file of a freshly initialised network (weights do not matter for shapes and speed)."""
     import torch
 
@@ -73,6 +73,6 @@ def random_bundle(path: Path, arch: str, *, channels: int = 1, img_size: int = 6
 
     torch.manual_seed(0)
     model = create_model(arch, len(classes), channels)
-    spec = InputSpec(channels, img_size, fit, (), (0.45,) * channels, (0.2,) * channels)
+    spec = InputSpec(channels, img_size, fit, (), (0.45,) * channels, (0.2,) * channels, whole)
     bundle = Bundle(arch, list(classes), spec, model.state_dict(), {}, {}, {}, versions())
     return save_bundle(bundle, path)

@@ -140,16 +140,17 @@ def test_every_architecture_and_channel_count(arch, channels, tmp_path):
     assert t == int(probs.argmax())
 
 
-@pytest.mark.parametrize("arch", ["lenet", "resnet18"])
-def test_crop_models_combine_their_tiles_into_one_map(arch, tmp_path):
-    model = random_bundle(tmp_path / "m.pt", arch, img_size=32, fit="crop")
+@pytest.mark.parametrize("arch,whole", [("lenet", 0), ("resnet18", 0), ("resnet18", 64), ("resnet18", 128)])
+def test_crop_models_combine_their_views_into_one_map(arch, whole, tmp_path):
+    """Tiles of 32 px (whole 0, or 80 x 100 over a bound of 64), or the whole image in one pass (128)."""
+    model = random_bundle(tmp_path / "m.pt", arch, img_size=32, fit="crop", whole=whole)
     save(tmp_path / "big.png", np.random.default_rng(1).random((80, 100)))
     pred = Predictor(load_bundle(model))
     arr = prepare_array(str(tmp_path / "big.png"), pred.spec)
     assert arr.shape[-2:] == (80, 100)  # native scale: the network sees tiles
     (probs, t, cam, _), = CamExplainer(Predictor(load_bundle(model))).explain_arrays([arr])
     assert cam.shape == (80, 100) and cam.max() == pytest.approx(1.0)
-    np.testing.assert_allclose(probs, pred.predict_arrays([arr])[0], atol=1e-5)  # tiles averaged, as predict does
+    np.testing.assert_allclose(probs, pred.predict_arrays([arr])[0], atol=1e-5)  # views averaged, as predict does
     r = invoke(model, tmp_path / "big.png", "-o", tmp_path / "out")
     assert r.exit_code == 0, r.stderr
 
