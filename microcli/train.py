@@ -668,8 +668,13 @@ def validate(model: nn.Module, views: Views, y_val: list[int], spec: InputSpec,
              env: Runtime) -> tuple[np.ndarray, float]:
     """Validation softmax over every view (each rank every world-th batch, then gathered), averaged per
     image, and the mean log loss.
-"""
+
+    With several ranks every rank first takes rank 0's BatchNorm statistics: each rank's running
+    statistics (and their moving average) follow its own batches, and rank 0's model is the one saved."""
     model.eval()
+    if env.world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
     batches = list(views.batches(max(1, min(256, -(-len(views) // env.world)))))  # every rank a share
     mine = [(i, F.softmax(model_logits(model, torch.from_numpy(x), spec, env.device, env.amp_dtype, True), 1)
              .cpu().numpy()) for i, (x, _, _) in enumerate(batches) if i % env.world == env.rank]

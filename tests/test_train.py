@@ -272,8 +272,8 @@ def test_list_models_on_stdout():
 def test_torchrun_two_processes_write_one_bundle(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "microcli", "train", str(SAMPLE), "-o", str(tmp_path / "ddp"), "--epochs", "2", "--img-size", "32", "--arch", "lenet",
-           "--workers", "0", "--threads", "1"]
+           "-m", "microcli", "train", str(SAMPLE), "-o", str(tmp_path / "ddp"), "--epochs", "2", "--img-size", "32",
+           "--arch", "resnet10-half", "--fit", "crop", "--precision", "fp32", "--workers", "0", "--threads", "1"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     run = tmp_path / "ddp"
@@ -283,6 +283,15 @@ def test_torchrun_two_processes_write_one_bundle(tmp_path):
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert p.stderr.count("epoch   2/2") == 1  # only rank 0 reports
+    # validation was split between the ranks (16 tiles of 32 px per 128 px image) and gathered: one process
+    # scoring best.pt on the same images finds the same figures
+    from microcli.evaluate import evaluate
+
+    assert cfg["resolved"]["input"]["whole"] == 64
+    best = next(r for r in rows if int(r["epoch"]) == load_bundle(run / "best.pt").metrics["epoch"])
+    again = evaluate(run, split="val").report["overall"]
+    assert again["macro_f1"] == pytest.approx(float(best["val_macro_f1"]), abs=1e-4)
+    assert again["accuracy"] == pytest.approx(float(best["val_acc"]), abs=1e-4)
 
 
 def test_ctrl_c_writes_last_pt_and_prints_the_resume_command(tmp_path):
