@@ -20,11 +20,11 @@ from microcli.cli.app import app
 from microcli.engines import Predictor, installed, network_views
 from microcli.errors import ExportError
 from microcli.export import TOLERANCE, compare
-from microcli.inputs import CROP_WHOLE, InputSpec
+from microcli.inputs import CROP_WHOLE, InputSpec, prepare_array
 from microcli.modelfile import load_model, onnx_metadata_props
 from microcli.models import REGISTRY, create_model, get_model_info
 
-from .conftest import REPO
+from .conftest import REPO, save_png
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -93,6 +93,23 @@ def test_round_trip_gives_the_same_classes(tmp_path, arch, channels, fit):
             r = runner.invoke(app, ["info", str(out)])
             said = "evaluated on tiles" if arch == "lenet" else "images up to 128 px evaluated whole"
             assert r.exit_code == 0 and said in " ".join(r.stdout.split())
+
+
+@needs_onnx
+def test_crop_resnet_runs_images_of_several_sizes_whole_or_tiled_on_every_engine(tmp_path):
+    """One call mixes whole images of two shapes with a tiled one: the exported graph takes every shape."""
+    bundle = make_bundle(tmp_path / "m.pt", "resnet10-half", 1, "crop", size=64)  # whole up to 128 px
+    rng = np.random.default_rng(0)
+    files = [str(save_png(tmp_path / f"{h}x{w}.png", (rng.random((h, w)) * 255).astype(np.uint8)))
+             for h, w in ((100, 120), (128, 128), (90, 300), (100, 120))]  # 90 x 300: tiles of 64
+    ref = predict_rows(bundle.path, "--engine", "torch", files=files)
+    views = network_views([prepare_array(f, bundle.input) for f in files], bundle.input)
+    assert sorted(len(o) for _, o, _ in views.groups) == [1, 2, 10]  # 100 x 120 twice, 128 x 128, 2 x 5 tiles
+    out = tmp_path / "m.onnx"
+    r = runner.invoke(app, ["export", bundle.path, "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    for engine in ONNX_ENGINES:
+        same_classes(ref, predict_rows(out, "--engine", engine, files=files))
 
 
 @needs_onnx
