@@ -139,6 +139,11 @@ def _checked_bundle(raw: dict, path: Path) -> Bundle:
         spec = InputSpec.from_dict(raw["input"])
     except ValueError as exc:
         raise malformed("input", str(exc)) from None
+    info = REGISTRY[arch]
+    if spec.whole and (not info.any_size or spec.fit != "crop"):
+        raise malformed("input", f"whole must be 0 for {arch} with fit={spec.fit}, got {spec.whole}")
+    if spec.whole and not spec.img_size <= spec.whole <= info.max_size:
+        raise malformed("input", f"whole must be 0 or {spec.img_size}-{info.max_size} px, got {spec.whole}")
     sd = raw["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise malformed("state_dict", "expected a dict of tensors")

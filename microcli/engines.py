@@ -94,11 +94,14 @@ class Views:
     def __len__(self) -> int:
         return sum(len(o) for _, o, _ in self.groups)
 
-    def batches(self, step: int):
-        """(inputs, owner, boxes) of at most `step` views of one shape at a time, group after group."""
+    def batches(self, step: int, *, side: int = 0):
+        """(inputs, owner, boxes) of at most `step` views of one shape at a time, group after group. With
+        `side`, `step` counts side x side inputs: a group of larger views (whole images) gets as many
+        pixels per batch, so fewer of them (a GPU's memory is sized by pixels)."""
         for x, owner, boxes in self.groups:
-            for i in range(0, len(x), step):
-                yield x[i:i + step], owner[i:i + step], boxes[i:i + step]
+            n = max(1, step * side * side // (x.shape[-2] * x.shape[-1])) if side else step
+            for i in range(0, len(x), n):
+                yield x[i:i + n], owner[i:i + n], boxes[i:i + n]
 
 
 def network_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> Views:
@@ -114,11 +117,11 @@ def average_views(probs: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
 
 
 def tta_arrays(x: np.ndarray) -> list[np.ndarray]:
-    """The 8 symmetries of the square (flips and 90-degree rotations); 4 flips for non-square inputs."""
-    views = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]]
-    if x.shape[-1] == x.shape[-2]:
-        t = x.swapaxes(-1, -2)
-        views += [t, t[..., ::-1], t[..., ::-1, :], t[..., ::-1, ::-1]]
+    """The 8 symmetries of the square (flips and 90-degree rotations). A non-square input (a whole image
+    of a fit=crop ResNet, which takes any size) gets them too: its rotated views have height and width
+    swapped."""
+    t = x.swapaxes(-1, -2)
+    views = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1], t, t[..., ::-1], t[..., ::-1, :], t[..., ::-1, ::-1]]
     return [np.ascontiguousarray(v) for v in views]
 
 
@@ -439,8 +442,10 @@ class Predictor:
         """
         if not len(arrays):
             return np.zeros((0, len(self.classes)), np.float32)
-        step = min(batch_size, self.engine.batch) if self.engine.on_cpu else batch_size
-        parts = [(self.probs(x), owner) for x, owner, _ in network_views(arrays, self.spec).batches(step)]
+        cpu = self.engine.on_cpu
+        views = network_views(arrays, self.spec)
+        step = min(batch_size, self.engine.batch) if cpu else batch_size
+        parts = [(self.probs(x), owner) for x, owner, _ in views.batches(step, side=0 if cpu else self.spec.img_size)]
         return average_views(np.concatenate([p for p, _ in parts]), np.concatenate([o for _, o in parts]),
                              len(arrays))
 

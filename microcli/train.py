@@ -675,7 +675,7 @@ def validate(model: nn.Module, views: Views, y_val: list[int], spec: InputSpec,
     if env.world > 1:
         for buf in model.buffers():
             dist.broadcast(buf, 0)
-    batches = list(views.batches(max(1, min(256, -(-len(views) // env.world)))))  # every rank a share
+    batches = list(views.batches(max(1, min(256, -(-len(views) // env.world))), side=spec.img_size))
     mine = [(i, F.softmax(model_logits(model, torch.from_numpy(x), spec, env.device, env.amp_dtype, True), 1)
              .cpu().numpy()) for i, (x, _, _) in enumerate(batches) if i % env.world == env.rank]
     if env.world > 1:

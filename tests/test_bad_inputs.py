@@ -235,6 +235,8 @@ def _edit(d: dict, key: str, value) -> None:
     ("input.mean", [], "input"),
     ("input.fit", "stretch", "input"),
     ("input.pipeline", [{"op": "nope"}], "input"),
+    ("input.whole", "256", "input"),
+    ("input.whole", 256, "input"),  # this bundle's network cannot take whole images
     ("arch", ["lenet"], "arch"),
     ("classes", "abc", "classes"),
     ("classes", ["a", "a", "b", "c", "d", "e"], "classes"),

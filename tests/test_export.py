@@ -15,10 +15,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from microcli.checkpoint import Bundle, save_bundle, versions
+from microcli.checkpoint import Bundle, load_bundle, save_bundle, versions
 from microcli.cli.app import app
 from microcli.engines import Predictor, installed, network_views
-from microcli.errors import ExportError
+from microcli.errors import CheckpointError, ExportError
 from microcli.export import TOLERANCE, compare
 from microcli.inputs import CROP_WHOLE, InputSpec, prepare_array
 from microcli.modelfile import load_model, onnx_metadata_props
@@ -307,6 +307,32 @@ def test_network_views_tile_crop_models():
     assert boxes[:4] == [(0, 0, 64, 64), (0, 36, 64, 64), (64, 0, 64, 64), (64, 36, 64, 64)]
 
 
+@pytest.mark.parametrize("whole,ok", [(0, True), (64, True), (2048, True), (32, False), (10 ** 9, False)])
+def test_a_bundles_whole_bound_is_checked_on_load(tmp_path, whole, ok):
+    bundle = make_bundle(tmp_path / "m.pt", "resnet10-half", 1, "crop", size=64)
+    raw = torch.load(bundle.path, weights_only=True)
+    raw["input"]["whole"] = whole
+    torch.save(raw, tmp_path / "edited.pt")
+    if ok:
+        assert load_bundle(tmp_path / "edited.pt").input.largest_input == max(whole, 64)
+    else:
+        with pytest.raises(CheckpointError, match=f"whole must be 0 or 64-2048 px, got {whole}"):
+            load_bundle(tmp_path / "edited.pt")
+
+
+def test_tta_averages_all_eight_symmetries_of_a_non_square_whole_image(tmp_path):
+    bundle = make_bundle(tmp_path / "m.pt", "resnet10-half", 1, "crop", size=64)  # whole up to 128 px
+    a = np.random.default_rng(0).random((1, 100, 120), dtype=np.float32)
+    t = a.swapaxes(1, 2)  # the 90-degree rotations are 120 x 100
+    plain = Predictor(bundle, precision="fp32")
+    want = np.mean([plain.predict_arrays([np.ascontiguousarray(v)])[0] for v in
+                    (a, a[:, ::-1], a[:, :, ::-1], a[:, ::-1, ::-1], t, t[:, ::-1], t[:, :, ::-1], t[:, ::-1, ::-1])], 0)
+    got = Predictor(bundle, precision="fp32", tta=True).predict_arrays([a])[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(want, np.mean([plain.predict_arrays([np.ascontiguousarray(v)])[0] for v in
+                                          (a, a[:, ::-1], a[:, :, ::-1], a[:, ::-1, ::-1])], 0), atol=1e-5)
+
+
 def test_network_views_take_images_up_to_the_bound_whole_and_tile_larger_ones():
     arrays = [np.zeros((1, 128, 100), np.float32), np.zeros((1, 300, 100), np.float32),
               np.zeros((1, 64, 64), np.float32), np.zeros((1, 128, 100), np.float32)]
@@ -316,3 +342,4 @@ def test_network_views_take_images_up_to_the_bound_whole_and_tile_larger_ones():
     tiles, boxes = shapes[(64, 64)]  # 300 x 100 is over the bound: 5 x 2 tiles of 64; 64 x 64 is whole
     assert tiles == [1] * 10 + [2] and boxes[:3] == [(0, 0, 64, 64), (0, 36, 64, 64), (59, 0, 64, 64)]
     assert len(views) == 13 and [len(o) for _, o, _ in views.batches(4)] == [2, 4, 4, 3]  # one shape a batch
+    assert [len(o) for _, o, _ in views.batches(4, side=64)] == [1, 1, 4, 4, 3]  # 4 tiles' pixels a batch

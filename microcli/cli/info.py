@@ -44,7 +44,7 @@ def info(
     rows = [("architecture", b.arch), ("parameters", f"{data['parameters']:,}"),
             ("classes", f"{len(b.classes)}: " + ", ".join(b.classes)),
             ("input", f"{spec.channels} channel(s), {spec.img_size} x {spec.img_size} px, fit={spec.fit}"
-                      + (f", images up to {spec.whole} px evaluated whole" if spec.fit == "crop" and spec.whole
+                      + (f", images up to {spec.whole} px evaluated whole" if spec.largest_input > spec.img_size
                          else ", evaluated on tiles" if spec.fit == "crop" else "")),
             ("normalisation", "mean " + ", ".join(f"{m:.4f}" for m in spec.mean) + "; std "
              + ", ".join(f"{s:.4f}" for s in spec.std)),

@@ -39,7 +39,8 @@ class ModelInfo:
     first_conv : the first convolution, whose kernels `microcli explain --filters` shows.
     any_size : True when the network takes any input side from `min_size` on (convolutions, then global
         average pooling): a fit=crop model then evaluates images up to a bound whole, in one pass
-        (`inputs.InputSpec.whole`). LeNet's fixed pooling grid takes only the training size.
+        (`inputs.InputSpec.whole`). LeNet pools to a fixed 5 x 5 grid, so another input size changes the
+        scale of what its classifier sees, and its exports take only the training size.
     """
 
     name: str
