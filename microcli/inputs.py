@@ -121,7 +121,7 @@ FITS = tuple(f.value for f in Fit if f is not Fit.auto)
 
 # --fit crop models whose network takes any size evaluate an image whole, in one pass, when neither side
 # exceeds this many input sides; larger images on tiles of the input size. On NEU-DET (200 px images,
-# 128 px crops) the whole image beat the four averaged tiles in ten models of twelve (by 0.3 to 1.4
+# 128 px crops) the whole image beat the four averaged tiles in eleven models of thirteen (by 0.3 to 1.4
 # points), in 40 % less network time, and by 1.1 points for 100 px crops (two input sides). Views
 # between the two (160 or 192 px, overlapping) were no better than tiles, and a model trained on 64 px
 # crops lost 5 points on the whole 200 px image (3.1 input sides) and 1.7 on 128 px views: the gain
