@@ -1,13 +1,14 @@
 """What `microcli train DATA -o RUN` with no tuning flags gives, next to the defaults of version 0.1.
 
-    python bench/bench_defaults.py neu [--time 10] [--seed N]   # NEU-DET, file-number split, test accuracy
-    python bench/bench_defaults.py tiles [--time 20]        # magnetic-tile, grouped 5-fold cross-validation
+    python bench/bench_defaults.py neu [--time 10] [--seed N]  # NEU-DET, file-number split, test accuracy
+    python bench/bench_defaults.py tiles [--time 20]           # magnetic-tile, grouped 5-fold cross-validation
 
 neu: trains the default recipe within --time minutes on files 1-240 of each class (201-240 validate)
 and tests on files 241-300 (360 images), as bench/neu_det.py does, without and with test-time
-augmentation (--seed: another seed than the default 0, for the spread between runs). tiles: grouped 5-fold cross-validation of the default recipe (--folds 5 --time MIN) and
-of version 0.1's defaults (LeNet, 30 epochs, no sampling, no EMA, no preprocessing; --no-v01 skips
-it), and prints out-of-fold macro-F1 and balanced accuracy with their 95 % intervals over folds.
+augmentation (--seed: another seed than microcli's 0, for the spread between runs). tiles: grouped
+5-fold cross-validation of the default recipe (--folds 5 --time MIN) and of version 0.1's defaults
+(LeNet, 30 epochs, no sampling, no EMA, no preprocessing; --no-v01 skips it), and prints out-of-fold
+macro-F1 and balanced accuracy with their 95 % intervals over folds.
 Data: ../shared/datasets (never copied into the project).
 """
 
