@@ -94,6 +94,11 @@ class Views:
     def __len__(self) -> int:
         return sum(len(o) for _, o, _ in self.groups)
 
+    @property
+    def owner(self) -> np.ndarray:
+        """Which array each view belongs to, in `batches` order (for `average_views`)."""
+        return np.concatenate([o for _, o, _ in self.groups])
+
     def batches(self, step: int, *, side: int = 0):
         """(inputs, owner, boxes) of at most `step` views of one shape at a time, group after group. With
         `side`, `step` counts side x side inputs: a group of larger views (whole images) gets as many
@@ -445,9 +450,8 @@ class Predictor:
         cpu = self.engine.on_cpu
         views = network_views(arrays, self.spec)
         step = min(batch_size, self.engine.batch) if cpu else batch_size
-        parts = [(self.probs(x), owner) for x, owner, _ in views.batches(step, side=0 if cpu else self.spec.img_size)]
-        return average_views(np.concatenate([p for p, _ in parts]), np.concatenate([o for _, o in parts]),
-                             len(arrays))
+        probs = [self.probs(x) for x, _, _ in views.batches(step, side=0 if cpu else self.spec.img_size)]
+        return average_views(np.concatenate(probs), views.owner, len(arrays))
 
 
 def warn_message(text: str) -> None:

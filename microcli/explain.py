@@ -12,7 +12,7 @@ here with one forward hook and one `torch.autograd.grad` call per batch:
 - the hook replaces the layer's output by a detached copy that requires a gradient, so autograd records
   only the small head after it (pooling and the classifier): explaining costs little more than
   predicting;
-- fit=crop models see the image at native scale (`inference.eval_views`: whole when it fits, else
+- fit=crop models see the image at native scale (`engines.network_views`: whole when it fits, else
   tiles); each view's map is placed on its view and the views are averaged per pixel (weighted towards
   each view's middle) into one map of the whole image, for the class that the averaged softmax (the
   image's prediction) chose.
@@ -23,6 +23,7 @@ The library never prints: `explain_stream` yields one `Explanation` per input, e
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
-from .engines import CPU_MICRO_BATCH, Predictor, average_views
-from .inference import eval_views, model_logits
+from .engines import CPU_MICRO_BATCH, Predictor, average_views, network_views
+from .inference import model_logits
 from .inputs import prepare_or_error
 from .models import get_model_info
 from .parallel import bounded_map
@@ -180,13 +181,13 @@ class CamExplainer:
         if not len(arrays):
             return []
         step = min(batch_size, CPU_MICRO_BATCH) if self.engine.on_cpu else batch_size
-        batches = list(eval_views(arrays, self.predictor.spec).batches(step))
+        views = network_views(arrays, self.predictor.spec)
+        batches = list(views.batches(step))
         # One forward pass per view; the backward passes wait until every view of an image has voted, as
         # the image's class is that of its views' mean softmax. Only the small heads are kept meanwhile.
         passes = [self._forward(torch.from_numpy(x)) for x, _, _ in batches]
-        owner = np.concatenate([o for _, o, _ in batches])
         probs = average_views(np.concatenate([F.softmax(lg.detach(), 1).cpu().numpy() for lg, _ in passes]),
-                              owner, len(arrays))
+                              views.owner, len(arrays))
         targets = probs.argmax(1) if target is None else np.full(len(arrays), target)
         cams: list[list] = [[] for _ in arrays]  # per image: (box, map) of each of its views
         for (lg, acts), (_, o, boxes) in zip(passes, batches):
@@ -231,14 +232,18 @@ def _combine_views(shape: tuple[int, int], cams: list, geometry: dict) -> np.nda
     total = np.zeros((h, w), np.float32)
     weight = np.zeros((h, w), np.float32)
     for (y, x, vh, vw), cam in cams:
-        window = np.outer(_ramp(vh), _ramp(vw))
+        window = _window(vh, vw)
         total[y:y + vh, x:x + vw] += window * place_map(cam, (vh, vw), **geometry)
         weight[y:y + vh, x:x + vw] += window
     return total / weight
 
 
-def _ramp(n: int) -> np.ndarray:
-    return np.sin(np.pi * (np.arange(n) + 0.5) / n).astype(np.float32)  # > 0 everywhere
+@functools.lru_cache(maxsize=8)
+def _window(h: int, w: int) -> np.ndarray:
+    """The overlap-add weight of an h x w view: a sine ramp across each axis, > 0 everywhere (read only:
+    shared by every view of that shape)."""
+    ramps = [np.sin(np.pi * (np.arange(n) + 0.5) / n).astype(np.float32) for n in (h, w)]
+    return np.outer(*ramps)
 
 
 def _finish(cam: np.ndarray) -> tuple[np.ndarray, float]:

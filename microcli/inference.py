@@ -8,13 +8,12 @@ the engine that always works: bundles and TorchScript files, on a CPU or a GPU.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engines import CPU_MICRO_BATCH, Predictor, Views, average_views, network_views, tile_origins  # noqa: F401
+from .engines import CPU_MICRO_BATCH, Predictor, average_views, network_views, tile_origins  # noqa: F401
 from .inputs import InputSpec
 from .errors import UsageError
 from .modelfile import ModelFile
@@ -72,13 +71,6 @@ def pick_dtype(precision: str, device: torch.device, *, training: bool = False) 
 def set_threads(threads: int = 0) -> None:
     """torch's intra-op threads: `threads`, or every core for 0."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
-
-
-def eval_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> Views:
-    """The network inputs for evaluating prepared arrays (`engines.Views`): the array itself for
-    fit=resize or squash; for fit=crop, the whole image at native scale when it fits in `spec.whole`,
-    else tiles that cover it, whose softmax outputs are averaged (`average_views`)."""
-    return network_views(arrays, spec)
 
 
 def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:

@@ -31,8 +31,8 @@ from .config import Resolved, TrainConfig
 from .data import Item, discover
 from .dataset import DecodedSet, Source, choose_cache, decode_items
 from .errors import DataError
-from .engines import Predictor, Views, average_views
-from .inference import eval_views, model_logits, normalize, pick_device, pick_dtype, set_threads
+from .engines import Predictor, Views, average_views, network_views
+from .inference import model_logits, normalize, pick_device, pick_dtype, set_threads
 from .inputs import CROP_WHOLE, InputSpec, detect_channels
 from .metrics import confusion_report
 from .models import create_model, get_model_info, load_pretrained
@@ -470,7 +470,7 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
                       env.amp_dtype, spec, cfg.augment)
     source = Source(data.train, workers=workers, max_pixels=cfg.max_pixels)
     try:
-        views = eval_views(data.val.arrays, spec) if len(data.val) else None
+        views = network_views(data.val.arrays, spec) if len(data.val) else None
         draw = sample_weights(y_train, len(classes), cfg.sampler.value)
         loop = EpochLoop(ctx, source, torch.tensor(y_train), bs, steps, views, y_val, classes,
                          None if draw is None else torch.tensor(draw), started or time.perf_counter())
@@ -491,7 +491,7 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
 @dataclass(frozen=True)
 class EpochLoop:
     """What every epoch reuses: the step context, the training source and labels, the batch plan, and
-    the validation views (`eval_views`) with their labels."""
+    the validation views (`network_views`) with their labels."""
 
     ctx: StepContext
     source: Source
@@ -683,8 +683,7 @@ def validate(model: nn.Module, views: Views, y_val: list[int], spec: InputSpec,
         dist.all_gather_object(gathered, mine)
         mine = [part for rank in gathered for part in rank]
     done = dict(mine)
-    full = average_views(np.concatenate([done[i] for i in range(len(batches))]),
-                         np.concatenate([owner for _, owner, _ in batches]), len(y_val))
+    full = average_views(np.concatenate([done[i] for i in range(len(batches))]), views.owner, len(y_val))
     y = np.asarray(y_val)
     return full, float(-np.log(np.clip(full[np.arange(len(y)), y], 1e-15, 1)).mean())
 

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from microcli.checkpoint import load_bundle
 from microcli.cli.app import app
 from microcli.errors import CheckpointError, DataError, OutputExistsError
-from microcli.inference import Predictor, eval_views
+from microcli.engines import network_views
+from microcli.inference import Predictor
 from microcli.models import REGISTRY, create_model
 from microcli.train import TrainConfig, train_model as fit
 
@@ -72,7 +73,7 @@ def test_bundle_loads_with_weights_only_and_gives_the_same_logits(lenet_run):
     from microcli.inputs import prepare_array
 
     files = sorted(SAMPLE.glob("*/*.png"))[:5]
-    x = torch.from_numpy(eval_views([prepare_array(str(f), bundle.input) for f in files], bundle.input).groups[0][0])
+    x = torch.from_numpy(network_views([prepare_array(str(f), bundle.input) for f in files], bundle.input).groups[0][0])
     mean = torch.tensor(raw["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(raw["input"]["std"]).view(1, -1, 1, 1)
     with torch.no_grad():
