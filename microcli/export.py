@@ -270,9 +270,10 @@ def checked_onnx(model: ModelFile, *, opset: int = DEFAULT_OPSET, n_check: int =
     runtimes = [e for e in ("onnxruntime", "openvino") if installed(e)]
     if not runtimes:
         raise NotInstalledError(f"checking an ONNX export needs onnxruntime or openvino: {FAST_EXTRA}")
-    ref = _reference(export_net(model), x)
+    net = export_net(model)
+    ref = _reference(net, x)
     big = larger_inputs(model, x)
-    ref_big = None if big is None else _reference(export_net(model), big)
+    ref_big = None if big is None else _reference(net, big)
     proto = onnx_proto(model, opset=opset)
     check: dict[str, Any] = {"images": source, "tolerance": TOLERANCE, "runtimes": runtimes}
     data = _onnx_with_metadata(proto, model, opset, check)
