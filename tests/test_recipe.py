@@ -104,8 +104,20 @@ def test_small_and_large_sets_get_their_batch_size_and_length():
     large, _ = recipe(stats(n=20000))
     assert small.batch_size == 16 and large.batch_size == 32  # a ResNet on a CPU
     assert recipe(stats(n=120), arch="lenet")[0].batch_size == 32
-    assert small.epochs == 60 and "training images seen" in why_small["epochs"]  # small sets: the cap
+    assert small.epochs == 150 and "training images seen" in why_small["epochs"]  # small crop sets: the cap
+    assert recipe(stats(n=120, side=128))[0].epochs == 60  # resized whole: the cap without crops
     assert large.epochs == 15  # large sets: the floor
+
+
+def test_crops_lengthen_training_by_the_share_of_the_image_they_leave_out():
+    # NEU-DET-like: 1200 images of 200 px, 128 px crops show 41 % of each: 48000 / 1200 x 2.44
+    cfg, why = recipe(stats(n=1200, side=200))
+    assert (cfg.fit.value, cfg.epochs) == ("crop", 98) and "41 %" in why["epochs"]
+    # crops of much larger frames count at most 4 times (48000 / 2000 x 4), and 150 epochs at most
+    assert recipe(stats(n=2000, side=1024))[0].epochs == 96
+    assert recipe(stats(n=1200, side=1024))[0].epochs == 150
+    # the same images resized whole: 48000 / 1200
+    assert recipe(stats(n=1200, side=200), fit="squash")[0].epochs == 40
 
 
 def test_imbalance_switches_sampling_on_and_says_so():
