@@ -67,7 +67,7 @@ def tiles(out: Path, minutes: float, *, v01: bool = True) -> None:
         took = microcli("train", str(manifest), "-o", str(run), "--force", "--folds", "5", *extra)
         rep = json.loads((run / "cv_report.json").read_text())
         rows.append((name, rep, took))
-    print(f"\nmagnetic-tile, grouped 5-fold cross-validation (out-of-fold, mean over folds and 95 % interval)")
+    print("\nmagnetic-tile, grouped 5-fold cross-validation (out-of-fold, mean over folds and 95 % interval)")
     for name, rep, took in rows:
         s = rep["folds"]["summary"]
         cells = [f"{m} {s[m]['mean']:.3f} ({s[m]['ci95'][0]:.3f}-{s[m]['ci95'][1]:.3f})"

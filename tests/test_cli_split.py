@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from collections import defaultdict
 
 import numpy as np

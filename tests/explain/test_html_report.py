@@ -121,7 +121,7 @@ def test_caps_are_stated_and_kept(squares_run, eval_set, tmp_path):
     assert page.claims == {"total": n, "shown": 2}
     assert [p for k, p in page.cards if k == "miss"] == [m["path"] for m in result.report["misclassified"][:2]]
     assert page.listed == [result.report["misclassified"][2]["path"]]
-    assert f"the worst 2 shown" in text and f"{n - 3} more left out" in text
+    assert "the worst 2 shown" in text and f"{n - 3} more left out" in text
     assert len([p for k, p in page.cards if k == "correct"]) == 2
 
 
