@@ -77,7 +77,8 @@ def cross_validate(cfg: TrainConfig, *, resume: bool = False, on_event: Callback
     env = Runtime.setup(cfg)
     root = _open_root(Path(cfg.out), resume=resume, force=cfg.force, main=env.main)
     classes, items, held_out, source = _cv_items(cfg)
-    cfg, reasons = resolve_recipe(cfg, items, env, on_event)
+    n_train = fold_train_size(len(items), cfg.folds, cfg.val_split)
+    cfg, reasons = resolve_recipe(cfg, items, env, on_event, n_train=n_train)
     spec, input_reasons = resolve_input(cfg, items, None)
     reasons = {**reasons, **input_reasons}
     cache = "ram"  # decoded once for all folds
@@ -129,6 +130,12 @@ def _open_root(root: Path, *, resume: bool, force: bool, main: bool) -> Path:
             for name in CV_FILES:
                 (root / name).unlink(missing_ok=True)
     return root
+
+
+def fold_train_size(n_images: int, folds: int, val_split: float) -> int:
+    """About how many images a fold trains on: its (folds - 1)/folds share, less the validation part
+    split off it. The recipe sizes batches and epochs by it, as a plain run does by its training split."""
+    return max(1, round(n_images * (folds - 1) / folds * (1 - val_split)))
 
 
 def _cv_items(cfg: TrainConfig) -> tuple[list[str], list[Item], dict[str, list[Item]], str]:

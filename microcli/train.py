@@ -414,13 +414,19 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | 
                          started=started, on_event=on_event)
 
 
-def resolve_recipe(cfg: TrainConfig, items: list[Item], env: Runtime,
-                   on_event: Callback = _ignore) -> tuple[TrainConfig, dict[str, str]]:
+def resolve_recipe(cfg: TrainConfig, items: list[Item], env: Runtime, on_event: Callback = _ignore, *,
+                   n_train: int | None = None) -> tuple[TrainConfig, dict[str, str]]:
     """The configuration with every 'auto' chosen from the data (`microcli.recipe`), each choice
-    announced with its reason. A resumed run's configuration is already concrete."""
+    announced with its reason. A resumed run's configuration is already concrete.
+
+    `n_train`: the images an epoch trains on where that is not ``len(items)`` (cross-validation
+    surveys every image but trains each fold on part of them)."""
     if cfg.resolved:
         return cfg, {}
-    concrete, reasons = choose_recipe(cfg, data_stats(items), gpu=env.device.type == "cuda")
+    stats = data_stats(items)
+    if n_train is not None:
+        stats = dataclasses.replace(stats, n_images=n_train)
+    concrete, reasons = choose_recipe(cfg, stats, gpu=env.device.type == "cuda")
     for name, why in reasons.items():
         on_event(Event("message", text=f"{name.replace('_', '-')}: {why}"))
     return concrete, reasons

@@ -89,6 +89,26 @@ def test_refit_trains_one_final_model_on_all_images(cv_run):
     assert cv_run.refit.best_epoch == final.metrics["epoch"] >= 1
 
 
+class _Announced(Exception):
+    pass
+
+
+def test_the_recipe_sizes_its_length_by_a_folds_training_part(tmp_path):
+    # 192 images, 3 folds: a fold trains on 2/3 of them less the 20 % validation part, about 102
+    # images an epoch; the recipe's length and its printed reason count those, not all 192
+    said = []
+
+    def listen(event):
+        said.append(event.text)
+        if event.text.startswith("epochs:"):
+            raise _Announced  # the recipe is announced before any image is decoded: stop there
+
+    cfg = TrainConfig(data=str(grouped_manifest(tmp_path)), out=str(tmp_path / "run"), folds=3, workers=0)
+    with pytest.raises(_Announced):
+        cross_validate(cfg, on_event=listen)
+    assert "102 an epoch" in said[-1] and "192 an epoch" not in said[-1], said
+
+
 def test_more_folds_than_groups_is_refused(tmp_path):
     r = runner.invoke(app, ["train", str(grouped_manifest(tmp_path, per_group=32)), "-o", str(tmp_path / "run"),
                             "--folds", "7", "--epochs", "1", "--img-size", "32", "--workers", "0", "--arch", "lenet"])
