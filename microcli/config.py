@@ -58,14 +58,17 @@ class TrainConfig:
     ema : bool, default True
         Validate and save an exponential moving average of the weights (about one epoch's horizon).
     patience : int, default 10
-        Early stop after this many epochs without a better validation macro-F1 (0: never).
+        Early stop after this many epochs without a better validation macro-F1, never before half the
+        planned epochs (0: never).
     val_split : float, default 0.2
         Held-out share per class when the data is not split already, in (0, 1).
     seed : int, default 0
         One seed for the split, initialisation, batch order and augmentation.
     img_size : int, default 0
-        Network input side; 0 chooses the median shorter image side, clamped to the architecture's range
-        and at most 224. Otherwise within the architecture's min_size..max_size.
+        Network input side; 0 lets the recipe choose (`microcli.recipe.choose_recipe`): the median
+        shorter image side, clamped to the architecture's range and at most 128 px on a CPU or 224 on a
+        GPU, or that side itself for native-scale crops. Otherwise within the architecture's
+        min_size..max_size.
     channels, fit, preprocess : Channels, Fit, str or None
         How files become input (see `microcli.inputs.InputSpec`); `preprocess` is pipeline text such as
         ``"median:radius=2|stretch"``, checked here. fit 'auto' and preprocess None: chosen from the data.

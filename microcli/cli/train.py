@@ -37,7 +37,9 @@ def _opt(kind, *flags: str, panel: str, **kw):
 
 
 _ArchOpt = _opt(Arch, "--arch", "-a", panel=_M, help="Backbone (see --list-models); auto: chosen from the data.")
-_ImgSizeOpt = _opt(int, "--img-size", panel=_M, min=0, help="Network input side (0: median image side, at most 224).")
+_ImgSizeOpt = _opt(int, "--img-size", panel=_M, min=0, help="Network input side (0: chosen from the data: the "
+                                                               "median shorter side, at most 128 px on a CPU and "
+                                                               "224 on a GPU; crops: 128 or 224).")
 _ChannelsOpt = _opt(Channels, "--channels", panel=_M, help="auto: 1 when every image is gray.")
 _FitOpt = _opt(Fit, "--fit", panel=_M, help="resize: shorter side to the input size, centre crop; squash: the "
                                             "whole image to the input size; crop: native pixel scale, random "
@@ -66,7 +68,8 @@ _SamplerOpt = _opt(Sampler, "--sampler", panel=_S, help="How images are drawn: a
                                                         "uniform, sqrt (1/sqrt(class size)), balanced.")
 _EmaOpt = _opt(bool, "--ema/--no-ema", panel=_S, help="Validate and save a moving average of the weights.")
 _PatienceOpt = _opt(int, "--patience", panel=_S, min=0, help="Early stop after N epochs without a better validation "
-                                                             "macro-F1 (0: never).")
+                                                             "macro-F1, never before half the planned epochs (0: "
+                                                             "never).")
 _AugmentOpt = _opt(bool, "--augment/--no-augment", panel=_S, help="Flips, 90-degree rotations, scale, "
                                                                   "brightness/contrast/gamma, noise, blur.")
 _SeedOpt = _opt(int, "--seed", panel=_S)
