@@ -243,3 +243,29 @@ def test_no_flags_on_sample_images_prints_and_records_the_recipe(tmp_path):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["train"]["arch"] == arch and cfg["train"]["preprocess"] == "stretch"
     assert "median shorter side" in cfg["resolved"]["reasons"]["img_size"]
+
+
+@pytest.mark.slow
+def test_no_flags_on_colour_images_keep_three_channels_and_the_same_recipe(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from microcli.cli.app import app
+
+    # Two classes of the sample micrographs, each image tinted another way (as a stained section or a
+    # colour camera gives): the channels differ, so the input keeps all three.
+    for c in ("lamellar", "equiaxed"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i, f in enumerate(sorted((SAMPLE / c).glob("*.png"))[:16]):
+            g = np.asarray(Image.open(f).convert("L"), dtype=np.float32)
+            tint = np.array([1.0, 0.55 + 0.03 * i, 0.3])
+            Image.fromarray((g[..., None] * tint).astype(np.uint8), "RGB").save(tmp_path / "data" / c / f"{f.stem}.jpg")
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "-o", str(tmp_path / "run"), "--epochs", "1",
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    for line in ("fit: resize", "preprocess: stretch", "sampler: uniform"):
+        assert line in r.stderr
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["resolved"]["channels"] == 3 and len(cfg["resolved"]["input"]["mean"]) == 3
+    assert cfg["train"]["arch"] == ("resnet18" if torch.cuda.is_available() else "resnet10-half")
+    assert load_bundle(tmp_path / "run" / "best.pt").input.channels == 3
