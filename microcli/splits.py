@@ -192,7 +192,8 @@ def _split_sides(items: Sequence[Item], *, val: float, test: float, seed: int) -
     groups = _index_groups(items)
     n_groups, n_classes = len(groups.names), len(groups.classes)
     assign = np.full(n_groups, _TRAIN)  # side of each group
-    class_sizes = np.bincount(np.searchsorted(groups.classes, [it.label for it in items]), minlength=n_classes)
+    item_class = np.searchsorted(groups.classes, [it.label for it in items])
+    class_sizes = np.bincount(item_class, minlength=n_classes)
     plan = _fold_plan(val, test, min(n_groups, int(class_sizes.max())))
     if plan is not None:
         n, mt, mv = plan
@@ -210,7 +211,7 @@ def _split_sides(items: Sequence[Item], *, val: float, test: float, seed: int) -
             g = mine[0]
             pinned[g] = True
             assign[g] = _TRAIN
-            n = groups.sizes[g]
+            n = int(np.count_nonzero((groups.of_item == g) & (item_class == c)))  # the class's, not the group's
             what = (f"a single group ({groups.names[g]!r}, {n} image{'s' if n != 1 else ''})"
                     if groups.names[g] is not None else "a single image")
             messages.append(f"class {name!r} has {what}: it cannot be held out and stays in train")

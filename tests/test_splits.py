@@ -100,6 +100,14 @@ def test_a_single_group_class_is_named_in_a_warning_and_kept_in_train():
     assert not [w for w in r.warnings if "'b'" in w or "'c'" in w]
 
 
+def test_a_single_group_warning_counts_the_class_images_in_it_not_the_groups():
+    # Group 'S1' holds 2 images of 'rare' and 4 of 'common' (one group per specimen, several classes).
+    items = ([Item(f"r{i}.png", "rare", "S1") for i in range(2)] + [Item(f"c{i}.png", "common", "S1") for i in range(4)]
+             + [Item(f"d{i}.png", "common", f"S{2 + i}") for i in range(6)])
+    (w,) = [w for w in stratified_group_split(items, val=0.3, seed=0).warnings if "'rare'" in w]
+    assert "a single group ('S1', 2 images)" in w, w
+
+
 def test_a_single_ungrouped_image_is_named_too():
     items = [Item("x.png", "rare")] + [Item(f"{i}.png", "common") for i in range(10)]
     r = stratified_group_split(items, val=0.3, seed=0)
