@@ -443,7 +443,7 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
     """
     classes = data.classes
     y_train, y_val = data.train.labels(classes), data.val.labels(classes)
-    _check_counts(classes, y_train, "training")
+    _check_counts(classes, y_train, "training", data.skipped)
     if not len(data.val) and not final:
         raise DataError("no readable validation images")
     spec = previous.input if previous is not None else data.train.normalised_spec()
@@ -604,11 +604,14 @@ def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
     return TrainConfig.from_dict(json.loads(path.read_text())["train"], **overrides, out=str(run_dir))
 
 
-def _check_counts(classes: list[str], labels: list[int], where: str) -> None:
+def _check_counts(classes: list[str], labels: list[int], where: str, skipped: list[tuple[str, str]] = ()) -> None:
+    """Every class has readable images; else a DataError naming the classes and the files that failed."""
     counts = np.bincount(labels, minlength=len(classes))
     missing = [c for c, n in zip(classes, counts) if n == 0]
     if missing:
-        raise DataError(f"no readable {where} images for class(es): {', '.join(repr(c) for c in missing)}")
+        why = "; ".join(w for _, w in skipped[:10]) + (f"; and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        raise DataError(f"no readable {where} images for class(es): {', '.join(repr(c) for c in missing)}"
+                        + (f" ({len(skipped)} unreadable: {why})" if skipped else ""))
 
 
 def _data_summary(cfg: TrainConfig, data: TrainData, y_train: list[int]) -> dict:

@@ -100,6 +100,20 @@ def test_symlink_loops_in_train_and_evaluate(tmp_path):
     assert r.exit_code == 3 and "loop.png: not an image file (symlink loop)" in r.stderr
 
 
+def test_a_class_whose_every_file_is_unreadable_names_those_files(tmp_path):
+    data = tmp_path / "data"
+    folder_of_good_images(data / "lamellar", 3)
+    folder_of_good_images(data / "equiaxed", 3)
+    (data / "voids").mkdir()
+    (data / "voids" / "empty.png").write_bytes(b"")
+    (data / "voids" / "cut.png").write_bytes(Path(GOOD[0]).read_bytes()[:60])
+    r = cli("train", data, "-o", tmp_path / "run", "--epochs", "1", "--workers", "0", "--img-size", "32")
+    assert r.exit_code == 1, r.stderr
+    err = flat(r.stderr)
+    assert "no readable training images for class(es): 'voids'" in err
+    assert "empty.png" in err and "cut.png" in err, err
+
+
 @pytest.fixture
 def with_fifo(tmp_path) -> Path:
     d = folder_of_good_images(tmp_path / "f")
