@@ -125,6 +125,10 @@ def describe(path: str | Path, exc: BaseException) -> str:
     Returns
     -------
     str
-        ``str(exc)`` for a `MicrocliError` (it names the file), else ``"<path>: <type>: <exc>"``.
+        ``str(exc)`` for a `MicrocliError` that names the file, ``"<path>: <exc>"`` for one that does not
+        (an op that cannot be applied to this image knows the image, not its file), else
+        ``"<path>: <type>: <exc>"``.
     """
-    return str(exc) if isinstance(exc, MicrocliError) else f"{path}: {type(exc).__name__}: {exc}"
+    if not isinstance(exc, MicrocliError):
+        return f"{path}: {type(exc).__name__}: {exc}"
+    return str(exc) if str(path) in str(exc) else f"{path}: {exc}"

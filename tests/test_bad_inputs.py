@@ -290,7 +290,9 @@ def test_preprocess_exits_1_when_every_input_fails(tmp_path):
     src = folder_of_good_images(tmp_path / "in")  # 96 x 96 images
     r = cli("preprocess", src, "-o", tmp_path / "out", "--op", "crop:top=50,bottom=50", "--workers", "0")
     assert r.exit_code == 1
-    assert r.stderr.count("leaves nothing of a 96x96 image") == 3
+    assert flat(r.stderr).count("leaves nothing of a 96x96 image") == 3
+    for f in GOOD:  # each failure names its file
+        assert f"{src / Path(f).name}: op 'crop'" in flat(r.stderr)
     assert "all 3 input(s) failed; nothing was written" in r.stderr
     assert not list((tmp_path / "out").glob("*.png"))
 
