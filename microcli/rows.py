@@ -89,8 +89,21 @@ class RowSink:
                 raise UsageError("--append needs --output FILE")
             self.fh, header = stdout or sys.stdout, True
         else:
+            if append and fmt != "jsonl":
+                self._check_header(fmt, columns)
             self.fh, header = self._open(append, force)
         self.writer = RowWriter(self.fh, fmt, columns, header=header)
+
+    def _check_header(self, fmt: str, columns: list[str]) -> None:
+        """A csv/tsv file appended to must have this run's columns (JSON lines name their own keys)."""
+        if not self.output.is_file() or not self.output.stat().st_size:
+            return
+        with open(self.output, newline="", encoding="utf-8", errors="replace") as fh:
+            have = next(csv.reader(fh, delimiter="\t" if fmt == "tsv" else ","), [])
+        if have != columns:
+            raise UsageError(f"--append {self.output}: its columns ({', '.join(have)}) are not this run's "
+                             f"({', '.join(columns)}); the rows would not line up. Append with the same model, "
+                             "--format and column options, or write another file")
 
     def _open(self, append: bool, force: bool) -> tuple[IO[str], bool]:
         out = self.output

@@ -110,6 +110,10 @@ def test_glob_pattern_and_output_file(trained_run, tmp_path):
     invoke(trained_run, f"{SAMPLE}/lamellar/*_0005.png", "-o", tmp_path / "p.csv", "--append")
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert len(lines) == 7 and lines.count(lines[0]) == 1  # one header
+    # Rows with other columns (every class's probability) would not line up under that header: refused.
+    r = invoke(trained_run, f"{SAMPLE}/lamellar/*_0006.png", "-o", tmp_path / "p.csv", "--append", "--all-probs")
+    assert r.exit_code == 2 and "the rows would not line up" in " ".join(r.stderr.split()), r.stderr
+    assert (tmp_path / "p.csv").read_text().splitlines() == lines
 
 
 def test_tiling_a_large_micrograph_of_one_class(trained_run, tmp_path):
