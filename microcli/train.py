@@ -449,6 +449,10 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
     spec = previous.input if previous is not None else data.train.normalised_spec()
     model, net = build_network(cfg, len(classes), spec.channels, env, previous)
     bs, steps = batch_plan(cfg.batch_size, len(data.train), env.world)
+    if bs != cfg.batch_size and previous is None:
+        on_event(Event("message", text=f"batch size {bs}, not {cfg.batch_size}: {len(data.train)} training images"
+                                       f"{f' over {env.world} processes' if env.world > 1 else ''}, so that an "
+                                       f"epoch still has {steps} optimiser steps"))
     planned = cfg.epochs or MAX_TIMED_EPOCHS  # under --time: re-planned after each epoch (--epochs caps it)
     opt, sched, scaler, shape = build_optimizer(cfg, model, steps, env, planned)
     stopper = EarlyStopping(cfg.patience, min_epochs=planned // 2)

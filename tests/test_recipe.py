@@ -243,6 +243,10 @@ def test_no_flags_on_sample_images_prints_and_records_the_recipe(tmp_path):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["train"]["arch"] == arch and cfg["train"]["preprocess"] == "stretch"
     assert "median shorter side" in cfg["resolved"]["reasons"]["img_size"]
+    # 153 training images make 9 batches of 16: the batch is lowered to 9 (17 steps), and the run says so.
+    assert cfg["resolved"]["batch_size"] == 9
+    assert "batch size 9, not 16: 153 training images, so that an epoch still has 17 optimiser steps" in \
+        " ".join(r.stderr.split())
 
 
 @pytest.mark.slow

@@ -55,8 +55,9 @@ _EpochsOpt = _opt(int, "--epochs", "-e", panel=_S, min=1, help="Epochs [default:
 _TimeOpt = _opt(float, "--time", "-t", panel=_S, min=0.1, help="MINUTES for the whole run: the epochs that fit are "
                                                                "planned from the first ones.")
 _BatchSizeOpt = _opt(int, "--batch-size", "-b", panel=_S, min=1,
-                     help="Default: 16 for a ResNet on a CPU, else 32; twice that from 5000 images; smaller for "
-                          "tiny data sets.")
+                     help="Default: 16 for a ResNet on a CPU, else 32; twice that from 5000 images. A set of fewer "
+                          "than 16 batches gets smaller ones (8 at least; said when it does), so that an "
+                          "epoch is still about 16 optimiser steps.")
 _LrOpt = _opt(float, "--lr", panel=_S, min=0, help=f"Peak learning rate (default: {_LR_HELP}).")
 _OptimizerOpt = _opt(Optimizer, "--optimizer", panel=_S)
 _WeightDecayOpt = _opt(float, "--weight-decay", panel=_S, min=0)
