@@ -374,10 +374,12 @@ def write_image(path: str | Path, data: np.ndarray, *, bit_depth: int = 8, overw
 
 @dataclass(frozen=True)
 class FoundImage:
-    """A file to process: `path` as the user would write it, `rel` its path relative to the input root."""
+    """A file to process: `path` as the user would write it, `rel` its path relative to `root`, the
+    folder it was found in (the input folder, or the folder of a file named explicitly)."""
 
     path: str
     rel: str
+    root: str = "."
 
 
 def _is_image_name(name: str) -> bool:
@@ -415,7 +417,7 @@ def walk_images(root: str | Path, *, recursive: bool = True, exclude: Iterable[P
                 if recursive:
                     yield from visit(entry.path, sub_rel)
             elif _is_image_name(entry.name):
-                yield FoundImage(entry.path, sub_rel)
+                yield FoundImage(entry.path, sub_rel, root)
 
     yield from visit(root, "")
 
@@ -451,11 +453,11 @@ def find_images(
             if stdin is None:
                 raise ValueError("'-' given but no stdin stream")
             for p in read_path_list(stdin, nul=nul):
-                yield FoundImage(p, os.path.basename(p))
+                yield FoundImage(p, os.path.basename(p), os.path.dirname(p) or ".")
         elif os.path.isdir(item):
             yield from walk_images(item, recursive=recursive, exclude=exclude)
         else:
-            yield FoundImage(item, os.path.basename(item))
+            yield FoundImage(item, os.path.basename(item), os.path.dirname(item) or ".")
 
 
 def image_shape(path: str | Path) -> tuple[int, int]:

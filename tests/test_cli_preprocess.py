@@ -100,7 +100,23 @@ def test_stdin_paths(tree, tmp_path):
     paths = "\0".join(str(p) for p in sorted(tree.rglob("*.png"))) + "\0"
     r = invoke("preprocess", "-", "-0", "-o", tmp_path / "out", "--op", "invert", input=paths)
     assert r.exit_code == 0, r.stderr
-    assert outputs(tmp_path / "out") == ["a.png", "b.png", "d.png", "pipeline.json"]
+    # Files of several folders keep their tree below the folder they share (IN), so names cannot collide.
+    assert outputs(tmp_path / "out") == ["grain boundaries/a.png", "grain boundaries/b.png", "pipeline.json",
+                                         "pores/deep/d.png"]
+    flat = "\n".join(str(p) for p in sorted((tree / "grain boundaries").glob("*.png"))) + "\n"
+    r = invoke("preprocess", "-", "-o", tmp_path / "flat", "--op", "invert", input=flat)
+    assert r.exit_code == 0, r.stderr
+    assert outputs(tmp_path / "flat") == ["a.png", "b.png", "pipeline.json"]  # files of one folder: their names
+
+
+def test_two_folders_holding_the_same_file_names_keep_them_apart(tmp_path, gray8):
+    for cls in ("fine pearlite", "Pores & voids"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.fromarray(gray8).save(tmp_path / "data" / cls / "img001.png")
+    r = invoke("preprocess", tmp_path / "data" / "fine pearlite", tmp_path / "data" / "Pores & voids", "-o",
+               tmp_path / "out", "--op", "invert", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert outputs(tmp_path / "out") == ["Pores & voids/img001.png", "fine pearlite/img001.png", "pipeline.json"]
 
 
 def test_pipeline_file_reuse(tree, tmp_path):

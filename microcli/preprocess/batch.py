@@ -54,13 +54,28 @@ def output_name(rel: str) -> str:
     return rel if ext.lower() in TIFF_EXTENSIONS else stem + ".png"
 
 
+def _relative_names(found: list[FoundImage]) -> list[str]:
+    """Each input's path under OUT: relative to its input folder when every input came from one folder
+    (one folder given, or files of one folder), else relative to the folder the inputs have in common,
+    so that the tree is kept (`find data | ...`, or two class folders that both hold img001.tif)."""
+    roots = {os.path.abspath(f.root) for f in found}
+    if len(roots) < 2:
+        return [f.rel for f in found]
+    try:
+        base = os.path.commonpath(sorted(roots))
+    except ValueError:  # different drives: nothing in common
+        return [f.rel for f in found]
+    return [os.path.relpath(os.path.join(os.path.abspath(f.root), f.rel), base) for f in found]
+
+
 def plan_jobs(found: Iterable[FoundImage], out_dir: str | Path, *, force: bool = False) -> list[Job]:
     """Map inputs to outputs under out_dir; refuse collisions, overwriting inputs, or existing outputs."""
     out_dir = Path(out_dir)
     jobs, by_target = [], {}
     sources = set()
-    for f in found:
-        target = out_dir / output_name(f.rel)
+    found = list(found)
+    for f, rel in zip(found, _relative_names(found)):
+        target = out_dir / output_name(rel)
         key = os.path.normcase(os.path.abspath(target))
         if key in by_target:
             raise UsageError(f"{f.path} and {by_target[key]} would both be written to {target}; "
