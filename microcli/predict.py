@@ -86,7 +86,9 @@ def _tiles_or_error(args) -> tuple[list[tuple[int, int]], list[np.ndarray], tupl
     path, spec, tile, max_pixels = args
     try:
         arr = load_for_model(path, spec, max_pixels=max_pixels)
-        if min(arr.shape[:2]) < tile.size:  # smaller than one tile: the whole image is the tile
+        if max(arr.shape[:2]) <= tile.size:  # no larger than one tile: the whole image is the tile, as it is
+            return [(0, 0)], [to_chw(fit_array(arr, spec.img_size, spec.fit))], arr.shape[:2]
+        if min(arr.shape[:2]) < tile.size:  # thinner than a tile: widened to one
             arr = fit_array(arr, tile.size, "crop")
         h, w = arr.shape[:2]
         ys = list(range(0, h - tile.size + 1, tile.stride))

@@ -116,6 +116,13 @@ def test_glob_pattern_and_output_file(trained_run, tmp_path):
     assert (tmp_path / "p.csv").read_text().splitlines() == lines
 
 
+def test_a_tile_larger_than_the_image_takes_the_image_as_it_is(trained_run):
+    img = sorted((SAMPLE / "porosity").glob("*.png"))[0]  # 96 x 96
+    conf = {t: json.loads(invoke(trained_run, img, "--tile", t, "--format", "jsonl").stdout)["confidence"]
+            for t in ("96", "100", "1000")}
+    assert conf["100"] == conf["1000"] == conf["96"], conf
+
+
 def test_tiling_a_large_micrograph_of_one_class(trained_run, tmp_path):
     big = write_image(tmp_path / "montage.png", generate("lamellar", seed=7, index=0, size=384))
     r = invoke(trained_run, big, "--tile", "96", "--stride", "96", "--per-tile", tmp_path / "tiles.csv",
