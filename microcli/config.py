@@ -232,7 +232,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("patience", cfg.patience >= 0, "at least 0 (0: never stop early)"),
         ("val_split", 0 < cfg.val_split < 1, "in (0, 1)"),
         ("img_size", cfg.img_size == 0 or info.min_size <= cfg.img_size <= info.max_size,
-         f"0 (auto) or {info.min_size}..{info.max_size} for {info.name}"),
+         f"0 (auto) or {info.min_size}..{info.max_size} for "
+         f"{'the ResNet that --arch auto picks' if cfg.arch.value == 'auto' else info.name}"),
         ("workers", cfg.workers >= -1, "-1 (auto), 0 (in this process) or more"),
         ("threads", cfg.threads >= 0, "at least 0 (0: all cores)"),
         ("max_pixels", cfg.max_pixels is None or cfg.max_pixels >= 0, "at least 0 (0: no limit)"),

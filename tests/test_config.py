@@ -39,8 +39,9 @@ def test_config_is_built_by_keyword_only():
     ("optimizer", "adam", r"--optimizer must be one of adamw, sgd, got 'adam'"),
     ("class_weights", "inverse", r"--class-weights must be one of none, balanced"),
     ("fit", "stretch", r"--fit must be one of auto, resize, squash, crop"),
-    ("img_size", 4, r"--img-size must be 0 \(auto\) or 32\.\.2048 for resnet18, got 4"),  # auto: a ResNet
-    ("img_size", 100000, r"--img-size must be 0 \(auto\) or 32\.\.2048 for resnet18, got 100000"),
+    ("img_size", 4, r"--img-size must be 0 \(auto\) or 32\.\.2048 for the ResNet that --arch auto picks, got 4"),
+    ("img_size", 100000, r"--img-size must be 0 \(auto\) or 32\.\.2048 for the ResNet that --arch auto picks, "
+                         r"got 100000"),
     ("epochs", 0, r"--epochs must be at least 1, got 0"),
     ("val_split", 1.0, r"--val-split must be in \(0, 1\), got 1\.0"),
     ("label_smoothing", 0.7, r"--label-smoothing must be in \[0, 0\.5\]"),
