@@ -602,6 +602,8 @@ def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
     from .errors import UsageError
 
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"--resume {run_dir}: no such folder (give the RUN folder of a training run)")
     if not path.is_file():
         raise UsageError(f"--resume {run_dir}: no config.json there (the run never started training; start it "
                          "again without --resume)")

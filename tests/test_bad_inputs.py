@@ -614,6 +614,8 @@ def test_folder_left_before_the_first_epoch_is_replaced_without_force(tmp_path):
     r = train("--resume", run)
     assert r.exit_code == 2
     assert "no config.json there (the run never started training; start it again without --resume)" in r.stderr
+    r = train("--resume", tmp_path / "nothere")
+    assert r.exit_code == 2 and "--resume " in r.stderr and "nothere: no such folder" in r.stderr, r.stderr
     r = train(data, "-o", run)
     assert r.exit_code == 0, r.stderr
     assert (run / "best.pt").is_file() and len(rows_of((run / "split.csv").read_text())) == 12
