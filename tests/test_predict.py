@@ -116,6 +116,11 @@ def test_glob_pattern_and_output_file(trained_run, tmp_path):
     assert (tmp_path / "p.csv").read_text().splitlines() == lines
 
 
+def test_a_folder_of_class_folders_without_r_points_to_r(trained_run):
+    r = invoke(trained_run, SAMPLE)
+    assert r.exit_code == 1 and "(sub-folders are read with -r/--recursive)" in " ".join(r.stderr.split()), r.stderr
+
+
 def test_a_tile_larger_than_the_image_takes_the_image_as_it_is(trained_run):
     img = sorted((SAMPLE / "porosity").glob("*.png"))[0]  # 96 x 96
     conf = {t: json.loads(invoke(trained_run, img, "--tile", t, "--format", "jsonl").stdout)["confidence"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -135,7 +136,9 @@ def predict(
         err.print(f"{failed} of {failed + done} input(s) failed")
         raise typer.Exit(3)
     if done == 0:
-        abort("no images found in " + ", ".join(inputs), 1)
+        nested = not recursive and any(os.path.isdir(i) and any(e.is_dir() for e in os.scandir(i)) for i in inputs)
+        abort("no images found in " + ", ".join(inputs) + (" (sub-folders are read with -r/--recursive)"
+                                                            if nested else ""), 1)
 
 
 
