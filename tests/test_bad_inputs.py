@@ -536,13 +536,14 @@ def test_output_named_like_an_image_is_refused(trained_run, tmp_path):
 
 def test_output_that_is_an_input_is_refused_even_with_force_or_append(trained_run, tmp_path):
     notes = tmp_path / "notes.csv"
-    notes.write_text("keep me\n")
+    kept = "path,class,confidence\nkeep me\n"  # this run's header, so that --append gets as far as the rows
+    notes.write_text(kept)
     for flag in ("--force", "--append"):
         # -b 1: rows for the first images are written before the output turns up among the inputs
         r = cli("predict", trained_run, *GOOD, notes, "-o", notes, flag, "-b", "1", "--workers", "0")
         assert r.exit_code == 1, r.output
         assert f"--output {notes}: is one of the inputs; choose another file name" in r.stderr
-        assert notes.read_text() == "keep me\n", flag
+        assert notes.read_text() == kept, flag
     assert not list(tmp_path.glob(".notes.csv.tmp*"))
 
 
