@@ -136,7 +136,7 @@ def predict(
         err.print(f"{failed} of {failed + done} input(s) failed")
         raise typer.Exit(3)
     if done == 0:
-        nested = not recursive and any(os.path.isdir(i) and any(e.is_dir() for e in os.scandir(i)) for i in inputs)
+        nested = not recursive and any(_has_sub_folders(i) for i in inputs)
         abort("no images found in " + ", ".join(inputs) + (" (sub-folders are read with -r/--recursive)"
                                                             if nested else ""), 1)
 
@@ -169,3 +169,12 @@ class _Extras:
             self.maps.write(pred.path, class_map_picture(pred.path, cmap, self.classes, size=self.tiles.size,
                                                          stride=self.tiles.stride, max_pixels=self.max_pixels))
         return cmap.fractions
+
+
+def _has_sub_folders(path: str) -> bool:
+    """A folder with folders in it (where predict without -r finds no image of a class-folder tree)."""
+    try:
+        with os.scandir(path) as entries:
+            return any(e.is_dir() for e in entries)
+    except OSError:  # not a folder, or not readable
+        return False
