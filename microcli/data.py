@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
-from .io import MicrocliWarning, walk_images
+from .io import MicrocliWarning, is_image_name, walk_images
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -48,6 +48,12 @@ class Discovered:
 
 def _class_folders(root: Path) -> dict[str, list[Item]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = sorted(f.name for f in root.iterdir() if is_image_name(f.name) and not f.is_dir())
+    if loose and classes:  # without class folders, _check_classes explains the layout
+        more = f" and {len(loose) - 3} more" if len(loose) > 3 else ""
+        warnings.warn(f"{root}: {len(loose)} image(s) lie outside the class folders and are not used "
+                      f"({', '.join(loose[:3])}{more}); the class is the name of the folder an image is in",
+                      MicrocliWarning, 3)
     out = {}
     for name in classes:
         out[name] = [Item(f.path, name) for f in walk_images(root / name)]

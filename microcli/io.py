@@ -382,7 +382,7 @@ class FoundImage:
     root: str = "."
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
@@ -416,7 +416,7 @@ def walk_images(root: str | Path, *, recursive: bool = True, exclude: Iterable[P
             if is_dir:
                 if recursive:
                     yield from visit(entry.path, sub_rel)
-            elif _is_image_name(entry.name):
+            elif is_image_name(entry.name):
                 yield FoundImage(entry.path, sub_rel, root)
 
     yield from visit(root, "")

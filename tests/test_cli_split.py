@@ -160,3 +160,13 @@ def test_bad_options_are_usage_errors(data, tmp_path):
     r = invoke(data, "-o", tmp_path / "s.csv", "--group-by", "nomatch")
     assert r.exit_code == 1 and "finds no group in 30 file name(s)" in flat(r.stderr)
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_images_outside_the_class_folders_are_named_in_a_warning_and_left_out(data, tmp_path):
+    for i in range(5):
+        save_png(data / f"loose_{i}.png", np.full((32, 32), 100 + i, np.uint8))
+    r = invoke(data, "-o", tmp_path / "s.csv")
+    assert r.exit_code == 0, r.output
+    assert (f"warning: {data}: 5 image(s) lie outside the class folders and are not used "
+            "(loose_0.png, loose_1.png, loose_2.png and 2 more)") in flat(r.stderr)
+    assert len(rows(tmp_path / "s.csv")) == 30 and not any("loose" in row["path"] for row in rows(tmp_path / "s.csv"))
