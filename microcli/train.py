@@ -157,11 +157,22 @@ def resolve_splits(cfg: TrainConfig) -> tuple[list[str], dict[str, list[Item]], 
     splits = {k: (groups_from_names(v, cfg.group_by) if cfg.group_by else list(v)) for k, v in found.splits.items()}
     if found.presplit and "train" not in splits:
         raise DataError(f"{cfg.data}: split data needs a 'train' part")
+
+    def absent(part: str) -> str:
+        return ", ".join(map(repr, sorted(set(found.classes) - {it.label for it in splits[part]})))
+
+    if found.presplit and absent("train"):  # a drawn split keeps every class in train
+        raise DataError(f"{cfg.data}: the train part has no image of class(es) {absent('train')}, which only the "
+                        "other parts hold; a model cannot learn a class it never sees: move some of its images "
+                        "into train")
     warnings: list[str] = []
     if "val" not in splits:
         drawn = stratified_group_split(splits.pop("all", None) or splits["train"], val=cfg.val_split, seed=cfg.seed)
         splits["train"], splits["val"] = drawn.train, drawn.val
-        warnings = list(drawn.warnings)
+        warnings = list(drawn.warnings)  # they name the classes a drawn split cannot hold out
+    elif absent("val") and splits["val"]:
+        warnings.append(f"{cfg.data}: the val part has no image of class(es) {absent('val')}: validation "
+                        "macro-F1, which picks best.pt and stops early, cannot see it")
     return found.classes, splits, found.source, warnings
 
 

@@ -706,3 +706,30 @@ def test_train_header_counts_only_the_images_used(tmp_path):
     header = next(line for line in r.stderr.splitlines() if "classes," in line)
     n_train, n_val = (int(x) for x in header.split(", ")[1].replace(" images", "").replace(" train /", "").split()[:2])
     assert n_train + n_val == len(rows_of((tmp_path / "run" / "split.csv").read_text())) == 12
+
+
+def test_a_given_split_whose_val_part_lacks_a_class_is_warned_about(tmp_path):
+    data = small_data(tmp_path / "data", classes=("lamellar", "porosity", "martensite"))
+    split = tmp_path / "split"
+    for f in sorted(data.glob("*/*.png")):
+        part = "val" if f.name.endswith(("_0000.png", "_0001.png")) and f.parent.name != "porosity" else "train"
+        (split / part / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, split / part / f.parent.name)
+    r = train(split, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    assert (f"warning: {split}: the val part has no image of class(es) 'porosity': validation macro-F1, which "
+            "picks best.pt and stops early, cannot see it") in flat(r.stderr)
+    assert "the train part" not in r.stderr
+
+
+def test_a_given_split_whose_train_part_lacks_a_class_is_refused_before_any_image_is_read(tmp_path):
+    data = small_data(tmp_path / "data")
+    m = tmp_path / "m.csv"
+    rows = [f"{f},{f.parent.name},{'train' if f.parent.name == 'lamellar' and i < 4 else 'val'}"
+            for i, f in enumerate(sorted((data / "lamellar").glob("*.png")) + sorted((data / "porosity").glob("*.png")))]
+    m.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    r = train(m, "-o", tmp_path / "run")
+    assert r.exit_code == 1
+    assert (f"error: {m}: the train part has no image of class(es) 'porosity', which only the other parts hold; "
+            "a model cannot learn a class it never sees") in flat(r.stderr)
+    assert not (tmp_path / "run").exists()
