@@ -157,7 +157,8 @@ class RunFolder:
         write_split_csv(self.path / "split.csv", splits)
         if skipped:
             with atomic_open(self.path / "skipped.csv") as fh:
-                csv.writer(fh).writerows([("path", "error"), *skipped])
+                csv.writer(fh).writerows([("path", "error"), *((path, error.removeprefix(f"{path}: "))
+                                                              for path, error in skipped)])
         with atomic_open(self.path / "config.json") as fh:
             json.dump(config, fh, indent=2)
             fh.write("\n")
