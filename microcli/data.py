@@ -54,6 +54,10 @@ def _class_folders(root: Path) -> dict[str, list[Item]]:
         warnings.warn(f"{root}: {len(loose)} image(s) lie outside the class folders and are not used "
                       f"({', '.join(loose[:3])}{more}); the class is the name of the folder an image is in",
                       MicrocliWarning, 3)
+    marked = [name for name in classes if (root / name / "pipeline.json").is_file()]
+    if marked:  # `microcli preprocess DATA -o DATA/out` would otherwise train a class 'out' of every class
+        raise DataError(f"{root / marked[0]}: holds a pipeline.json, so it is the output of `microcli preprocess`, "
+                        "not a class folder; move it out of the data set, or give it as the data set itself")
     out = {}
     for name in classes:
         out[name] = [Item(f.path, name) for f in walk_images(root / name)]

@@ -170,3 +170,14 @@ def test_images_outside_the_class_folders_are_named_in_a_warning_and_left_out(da
     assert (f"warning: {data}: 5 image(s) lie outside the class folders and are not used "
             "(loose_0.png, loose_1.png, loose_2.png and 2 more)") in flat(r.stderr)
     assert len(rows(tmp_path / "s.csv")) == 30 and not any("loose" in row["path"] for row in rows(tmp_path / "s.csv"))
+
+
+def test_a_preprocess_output_inside_the_data_set_is_refused_rather_than_taken_for_a_class(data, tmp_path):
+    pre = runner.invoke(app, ["preprocess", str(data), "-o", str(data / "edges"), "--op", "sobel", "--workers", "0"])
+    assert pre.exit_code == 0, pre.stderr
+    r = invoke(data, "-o", tmp_path / "s.csv")
+    assert r.exit_code == 1 and not (tmp_path / "s.csv").exists()
+    assert (f"error: {data / 'edges'}: holds a pipeline.json, so it is the output of `microcli preprocess`, not a "
+            "class folder") in flat(r.stderr)
+    assert invoke(data / "edges", "-o", tmp_path / "s.csv").exit_code == 0  # the output is a data set of its own
+    assert {row["label"] for row in rows(tmp_path / "s.csv")} == {"equiaxed", "lamellar", "porosity"}
