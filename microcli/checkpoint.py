@@ -7,6 +7,7 @@ it and no pickle code ever runs. Writes go to a temporary file that is renamed i
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,17 @@ def load_bundle(model: str | Path) -> Bundle:
         or a field that is missing or malformed (the message names it).
     """
     path = resolve_model_path(model)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: a damaged model file: a zip archive without its directory (a copy cut "
+                              "short?)")
+    if not head.startswith((b"\x80", b"PK")):  # torch.save writes a zip archive, or before torch 1.6 a pickle
+        raise CheckpointError(f"{path}: not a model file: neither a torch checkpoint (a zip archive) nor an older "
+                              f"torch pickle ({f'it begins {head!r}' if head else 'it is empty'})")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

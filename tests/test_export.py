@@ -217,7 +217,7 @@ def test_bad_inputs_write_nothing(trained_run, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_text("not a model")
     r = runner.invoke(app, ["export", str(junk), "-o", str(out / "m.onnx")])
-    assert r.exit_code == 1 and "junk.pt: not a readable model file" in r.stderr
+    assert r.exit_code == 1 and "junk.pt: not a model file: neither a torch checkpoint" in r.stderr
     r = runner.invoke(app, ["export", str(trained_run), "-o", str(out / "m.onnx"), "--format", "tflite"])
     assert r.exit_code == 2 and "tflite" in r.stderr
     r = runner.invoke(app, ["export", str(trained_run), "-o", str(out / "m.bin")])

@@ -137,9 +137,14 @@ def test_non_bundle_files_are_refused(tmp_path):
     torch.save(create_model("lenet", 3).state_dict(), tmp_path / "sd.pt")
     with pytest.raises(CheckpointError, match="not a microcli model bundle"):
         load_bundle(tmp_path / "sd.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable model file"):
-        load_bundle(tmp_path / "junk.pt")
+    for content, told in ((b"junk\n", r"it begins b'junk\\n'"), (b"", "it is empty")):
+        (tmp_path / "junk.pt").write_bytes(content)
+        with pytest.raises(CheckpointError, match=r"junk\.pt: not a model file: neither a torch checkpoint \(a zip "
+                                                  rf"archive\) nor an older torch pickle \({told}\)"):
+            load_bundle(tmp_path / "junk.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "sd.pt").read_bytes()[:2000])  # a zip cut short in the copy
+    with pytest.raises(CheckpointError, match=r"cut\.pt: a damaged model file: a zip archive without its directory \(a copy cut short\?\)"):
+        load_bundle(tmp_path / "cut.pt")
 
 
 def make_classes(root: Path, spec: dict[str, int]) -> Path:
