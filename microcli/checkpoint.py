@@ -100,6 +100,12 @@ def load_bundle(model: str | Path) -> Bundle:
             head = fh.read(8)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    from .modelfile import sniff_kind  # modelfile imports this module's loader lazily, so no cycle
+
+    kind = {"onnx": "ONNX", "torchscript": "TorchScript"}.get(sniff_kind(path))
+    if kind:
+        raise CheckpointError(f"{path}: an exported {kind} model; this needs a microcli .pt bundle (a run's "
+                              "best.pt), from which the export was made")
     if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: a damaged model file: a zip archive without its directory (a copy cut "
                               "short?)")
