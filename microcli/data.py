@@ -46,15 +46,21 @@ class Discovered:
         return [it for items in self.splits.values() for it in items]
 
 
+def _warn_loose_images(root: Path, folders: str) -> None:
+    """A warning naming the images directly in `root`, where the layout has only `folders`."""
+    loose = sorted(f.name for f in root.iterdir() if is_image_name(f.name) and not f.is_dir())
+    if loose:
+        more = f" and {len(loose) - 3} more" if len(loose) > 3 else ""
+        warnings.warn(f"{root}: {len(loose)} image(s) lie outside the {folders} and are not used "
+                      f"({', '.join(loose[:3])}{more}); the class is the name of the folder an image is in",
+                      MicrocliWarning, 4)
+
+
 def _class_folders(root: Path) -> dict[str, list[Item]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    loose = sorted(f.name for f in root.iterdir() if is_image_name(f.name) and not f.is_dir())
-    if loose and classes:  # without class folders, _check_classes explains the layout
-        more = f" and {len(loose) - 3} more" if len(loose) > 3 else ""
-        warnings.warn(f"{root}: {len(loose)} image(s) lie outside the class folders and are not used "
-                      f"({', '.join(loose[:3])}{more}); the class is the name of the folder an image is in",
-                      MicrocliWarning, 3)
-    marked = [name for name in classes if (root / name / "pipeline.json").is_file()]
+    if classes:  # without class folders, _check_classes explains the layout
+        _warn_loose_images(root, "class folders")
+    marked = [name for name in classes if os.path.isfile(root / name / "pipeline.json")]  # False if unreadable
     if marked:  # `microcli preprocess DATA -o DATA/out` would otherwise train a class 'out' of every class
         raise DataError(f"{root / marked[0]}: holds a pipeline.json, so it is the output of `microcli preprocess`, "
                         "not a class folder; move it out of the data set, or give it as the data set itself")
@@ -85,9 +91,13 @@ def discover(data: str | Path, *, min_classes: int = 2) -> Discovered:
         raise DataError(f"{data}: no such folder or manifest file")
     subdirs = {d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith(".")}
     if "train" in subdirs and subdirs <= set(SPLIT_NAMES):
+        _warn_loose_images(data, "train/val/test folders")
         splits = {s: _class_folders(data / s) for s in SPLIT_NAMES if s in subdirs}
         classes = sorted({c for per in splits.values() for c in per})
         _check_classes(data / "train", splits["train"], min_classes)
+        for s in SPLIT_NAMES[1:]:
+            if splits.get(s):  # an empty class folder there is a slip too (an empty val/ is said later)
+                _check_classes(data / s, splits[s], min_classes=1)
         return Discovered(classes, {s: [it for c in sorted(per) for it in per[c]] for s, per in splits.items()},
                           "split-folders")
     per_class = _class_folders(data)

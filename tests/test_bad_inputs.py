@@ -733,3 +733,16 @@ def test_a_given_split_whose_train_part_lacks_a_class_is_refused_before_any_imag
     assert (f"error: {m}: the train part has no image of class(es) 'porosity', which only the other parts hold; "
             "a model cannot learn a class it never sees") in flat(r.stderr)
     assert not (tmp_path / "run").exists()
+
+
+def test_split_folders_name_loose_images_beside_them_and_refuse_an_empty_class_folder_in_val(tmp_path):
+    data = tmp_path / "data"
+    small_data(data / "train")
+    small_data(data / "val", n=2)
+    shutil.copy(GOOD[0], data / "stray.png")
+    (data / "val" / "ghost").mkdir()
+    r = train(data, "-o", tmp_path / "run")
+    assert r.exit_code == 1 and not (tmp_path / "run").exists()
+    assert (f"warning: {data}: 1 image(s) lie outside the train/val/test folders and are not used (stray.png)"
+            in flat(r.stderr))
+    assert f"error: {data / 'val'}: empty class folder(s): 'ghost'" in flat(r.stderr)
