@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Item, discover, read_split_csv
-from .engines import Predictor, load_for_engine
+from .engines import Predictor, load_for_engine, warn_message
 from .errors import DataError, UsageError
 from .io import resolve_max_pixels
 from .modelfile import resolve_model_path
@@ -64,7 +64,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = 
     device, precision, tta, engine, threads : see `microcli.engines.Predictor`.
     workers : decoding threads (0: in this process).
     batch_size, top_k, max_pixels, on_progress : see `evaluate_items`.
-    on_message : receives one line for each engine fallback (default: a Python warning).
+    on_message : receives one line for each engine fallback, and for a `split` that DATA, not split,
+        cannot honour (default: a Python warning).
 
     Raises
     ------
@@ -82,8 +83,10 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str = 
         items = [it for part in splits.values() for it in part]
     elif chosen in splits:
         items = splits[chosen]
-    elif "all" in splits:  # DATA is not split: every image, whatever part was asked for
-        items = splits["all"]
+    elif "all" in splits:  # DATA is not split: every image, whatever part was asked for, and said so
+        items, chosen = splits["all"], "all"
+        (on_message or warn_message)(f"--split {split}: {data} is not split, so all its {len(items)} images are "
+                                     "evaluated")
     else:
         where = f"{data} has" if data is not None else "the run's split.csv has"
         raise UsageError(f"--split {chosen}: {where} only {', '.join(sorted(splits))}")

@@ -129,3 +129,44 @@ def test_tta_runs(trained_run):
     r = runner.invoke(app, ["evaluate", str(trained_run), "--split", "val", "--tta", "--format", "json", "--workers", "0"])
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["source"]["tta"] is True
+
+
+def test_report_files_never_replace_the_model_an_image_or_an_existing_file_without_force(trained_run, tmp_path):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    data = tmp_path / "data" / "lamellar"
+    data.mkdir(parents=True)
+    for f in sorted((REPO / "sample_images" / "lamellar").glob("*.png"))[:4]:
+        shutil.copy(f, data)
+    image, model = data / "lamellar_0000.png", run / "best.pt"
+    image_bytes, model_bytes = image.read_bytes(), model.read_bytes()
+    keep = tmp_path / "keep.json"
+    keep.write_text("{}")
+
+    def ev(*args):
+        r = runner.invoke(app, ["evaluate", str(run), str(data.parent), "--workers", "0", *map(str, args)])
+        return r.exit_code, " ".join(r.stderr.split())
+
+    assert ev("--plot", image, "--force") == (1, f"error: --plot {image}: is one of the inputs (the model, its "
+                                                 "split.csv, the data or an image); choose another file name")
+    code, said = ev("--html", model, "--force")
+    assert code == 1 and f"--html {model}: is one of the inputs" in said
+    assert ev("--misclassified", run / "split.csv", "--force")[0] == 1
+    assert ev("--json", keep) == (1, f"error: --json {keep}: exists; use --force to replace it")
+    assert ev("--json", tmp_path / "a.json", "--csv", tmp_path / "a.json") == \
+        (2, f"error: --csv {tmp_path / 'a.json'}: is also given to --json; give each its own file")
+    assert image.read_bytes() == image_bytes and model.read_bytes() == model_bytes and keep.read_text() == "{}"
+    assert ev("--json", keep, "--force")[0] == 0 and json.loads(keep.read_text())["overall"]["images"] == 4
+
+
+def test_split_on_data_that_is_not_split_evaluates_it_whole_and_says_so(trained_run, tmp_path):
+    data = tmp_path / "data" / "lamellar"
+    data.mkdir(parents=True)
+    for f in sorted((REPO / "sample_images" / "lamellar").glob("*.png"))[:3]:
+        shutil.copy(f, data)
+    r = runner.invoke(app, ["evaluate", str(trained_run), str(data.parent), "--split", "val", "--format", "json",
+                            "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["source"]["split"] == "all" and rep["overall"]["images"] == 3
+    assert f"warning: --split val: {data.parent} is not split, so all its 3 images are evaluated" in \
+        " ".join(r.stderr.split())

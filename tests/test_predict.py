@@ -160,3 +160,20 @@ def test_info_shows_what_the_bundle_holds(trained_run):
 def test_missing_model_is_a_clear_error(tmp_path):
     r = runner.invoke(app, ["predict", str(tmp_path / "nope.pt"), str(SAMPLE)])
     assert r.exit_code == 1 and "nope.pt: no such model file" in r.stderr
+
+
+def test_per_tile_and_output_files_never_replace_an_input_or_the_model(trained_run, tmp_path):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    image = shutil.copy(REPO / "sample_images" / "lamellar" / "lamellar_0000.png", tmp_path / "in.png")
+    image_bytes, model_bytes = open(image, "rb").read(), (run / "best.pt").read_bytes()
+    r = invoke(run, image, "--tile", "32", "--per-tile", image, "--force")
+    assert r.exit_code == 1
+    assert f"error: --per-tile {image}: is one of the inputs" in " ".join(r.stderr.split())
+    r = invoke(run, image, "-o", run / "best.pt", "--force")
+    assert r.exit_code == 1 and f"error: --output {run / 'best.pt'}: is one of the inputs" in " ".join(r.stderr.split())
+    (tmp_path / "tiles.csv").write_text("keep")
+    r = invoke(run, image, "--tile", "32", "--per-tile", tmp_path / "tiles.csv")
+    assert r.exit_code == 1 and "--per-tile" in r.stderr and "exists; use --force" in r.stderr
+    assert open(image, "rb").read() == image_bytes and (run / "best.pt").read_bytes() == model_bytes
+    assert (tmp_path / "tiles.csv").read_text() == "keep"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from ..options import Device, Engine, Precision, ReportFormat, Split
-from .common import (BatchSizeOpt, DeviceOpt, EngineOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt, ThreadsOpt,
-                     WorkersOpt, err, errors_to_exit, failed, out, progress, say, warn)
+from .common import (BatchSizeOpt, DeviceOpt, EngineOpt, ForceOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, QuietOpt,
+                     ThreadsOpt, WorkersOpt, err, errors_to_exit, failed, out, progress, say, warn)
 
 _DataOpt = Annotated[Path, typer.Argument(help="Class folders, split folders or a CSV manifest; omitted: the run's own "
                                                "split.csv.")]
@@ -47,6 +47,7 @@ def evaluate(
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.auto,
     max_pixels: MaxPixelsOpt = None,
+    force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Softmax confusion report of a model on labelled images: accuracy, balanced accuracy, macro/weighted
@@ -67,10 +68,17 @@ def evaluate(
       microcli evaluate model.pt test_data --format json | jq .overall.macro_f1
     """
     from ..evaluate import evaluate as run_evaluate
+    from ..modelfile import resolve_model_path
+    from ..outputs import check_output_files
     from ..parallel import auto_workers
     from ..report import REPORT_WRITERS, report_renderable
 
+    files = {"--json": json_file, "--csv": csv_file, "--confusion-csv": confusion_csv,
+             "--misclassified": misclassified, "--plot": plot, "--html": html_file}
     with errors_to_exit():
+        model_file = resolve_model_path(model)
+        data_file = [data] if data is not None and Path(data).is_file() else []
+        check_output_files(files, force=force, protected=[model_file, model_file.parent / "split.csv", *data_file])
         with progress(quiet) as bar:
             task = bar.add_task("evaluating", total=None)
             result = run_evaluate(model, data, split=split.value, device=device.value, precision=precision.value,
@@ -86,9 +94,10 @@ def evaluate(
             failed(why)
         for message in result.warnings:
             warn(message)
-        files = {"json": json_file, "per_class": csv_file, "confusion_csv": confusion_csv,
-                 "misclassified": misclassified, "plot": plot}
-        for kind, path in files.items():
+        check_output_files(files, force=True, protected=result.paths + [p for p, _ in result.failures])
+        writers = {"json": json_file, "per_class": csv_file, "confusion_csv": confusion_csv,
+                   "misclassified": misclassified, "plot": plot}
+        for kind, path in writers.items():
             if path is not None:
                 REPORT_WRITERS[kind](path, report)
         if html_file is not None:

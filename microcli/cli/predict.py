@@ -91,7 +91,8 @@ def predict(
     from ..io import atomic_open, resolve_max_pixels
     from ..parallel import auto_workers
     from ..predict import TileSpec, expand_inputs, parse_shard, predict_stream, prediction_row, row_columns, shard_of
-    from ..outputs import PictureFolder
+    from ..modelfile import resolve_model_path
+    from ..outputs import PictureFolder, check_output_files
     from ..rows import RowSink
 
     failed = done = 0
@@ -101,6 +102,10 @@ def predict(
         want_fractions = fractions or map_dir is not None
         if want_fractions and not tile:
             raise UsageError(("--map" if map_dir is not None else "--fractions") + " needs --tile SIZE")
+        # -o has its own rules for an existing file (--append, --force, RowSink); both never name the model
+        check_output_files({"--output": output, "--per-tile": per_tile}, force=True,
+                           protected=[resolve_model_path(model)])
+        check_output_files({"--per-tile": per_tile}, force=force)
         loaded = load_for_engine(model, engine=engine.value, device=device.value, precision=precision.value)
         predictor = Predictor(loaded, device=device.value, precision=precision.value, engine=engine.value,
                               threads=threads, on_message=warn)
@@ -117,7 +122,7 @@ def predict(
             stall = 0.2 if "-" in inputs else None
             n_workers = auto_workers(workers, threads=True)
             for pred in predict_stream(predictor, paths, batch_size=batch_size, workers=n_workers, tile=tiles,
-                                       max_pixels=max_pixels, on_path=sink.note_input, flush_after=stall):
+                                       max_pixels=max_pixels, on_path=_guard(sink, per_tile), flush_after=stall):
                 sink.write(prediction_row(pred, classes, top_k=top_k, all_probs=all_probs,
                                           min_confidence=min_confidence, fractions=extras.fractions(pred)))
                 if pred.error:
@@ -178,3 +183,13 @@ def _has_sub_folders(path: str) -> bool:
             return any(e.is_dir() for e in entries)
     except OSError:  # not a folder, or not readable
         return False
+
+
+def _guard(sink, per_tile: Path | None):
+    """The callback that hears each input before it is read: neither -o nor --per-tile may be one of them."""
+    from ..outputs import check_output_files
+
+    def note(path: str) -> None:
+        sink.note_input(path)
+        check_output_files({"--per-tile": per_tile}, force=True, protected=[path])
+    return note
