@@ -159,8 +159,10 @@ class TrainConfig:
         _check_ranges(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: enums as their values."""
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in dataclasses.asdict(self).items()}
+        """JSON-ready: enums as their values, the data path absolute (so that `--resume` works from any folder)."""
+        d = {k: (v.value if isinstance(v, Enum) else v) for k, v in dataclasses.asdict(self).items()}
+        d["data"] = os.path.abspath(d["data"])
+        return d
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any], **overrides: Any) -> TrainConfig:

@@ -179,13 +179,14 @@ def _read_manifest(path: Path, *, min_classes: int = 2) -> Discovered:
 
 
 def write_split_csv(path: str | Path, splits: dict[str, list[Item]]) -> None:
-    """Write `split.csv` (path,label,group,split) for the parts of a split."""
+    """Write `split.csv` (path,label,group,split) for the parts of a split, with absolute paths, so that the
+    run folder's split.csv reads the same from any working folder."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "group", "split"])
         for split, items in splits.items():
             for it in items:
-                w.writerow([it.path, it.label, it.group or "", split])
+                w.writerow([os.path.abspath(it.path), it.label, it.group or "", split])
 
 
 def read_split_csv(path: str | Path) -> dict[str, list[Item]]:

@@ -319,3 +319,21 @@ def test_ctrl_c_writes_last_pt_and_prints_the_resume_command(tmp_path):
     state = load_bundle(tmp_path / "run" / "last.pt").training_state
     assert state["epoch"] >= 2
     assert np.isfinite(state["best_score"])
+
+
+def test_a_run_trained_on_a_relative_path_is_evaluated_and_resumed_from_another_folder(tmp_path, monkeypatch):
+    make_classes(tmp_path / "lab" / "data", {"ferrite": 6, "pearlite": 6})
+    monkeypatch.chdir(tmp_path / "lab")
+    r = runner.invoke(app, ["train", "data", "-o", "runs/a", "--arch", "lenet", "--epochs", "1", "--img-size", "32",
+                            "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    run = tmp_path / "lab" / "runs" / "a"
+    assert all(os.path.isabs(row["path"]) for row in csv.DictReader(open(run / "split.csv")))
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["evaluate", str(run), "--split", "val", "--format", "json", "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["overall"]["images"] == sum(1 for row in csv.DictReader(open(run / "split.csv"))
+                                                            if row["split"] == "val")
+    r = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    assert [int(row["epoch"]) for row in csv.DictReader(open(run / "metrics.csv"))] == [1, 2]
