@@ -125,6 +125,10 @@ def test_pipeline_file_reuse(tree, tmp_path):
     assert r.exit_code == 0, r.stderr
     a = np.asarray(Image.open(tmp_path / "o1/pores/c.png"))
     np.testing.assert_array_equal(a, np.asarray(Image.open(tmp_path / "o2/pores/c.png")))
+    for bad, why in ((tmp_path / "nope.json", "No such file or directory"), (tmp_path / "o1", "Is a directory")):
+        r = invoke("preprocess", tree, "-o", tmp_path / "o3", "--pipeline", bad)
+        assert (r.exit_code, r.stderr) == (2, f"error: {bad}: cannot read the pipeline file ({why})\n")
+    assert not (tmp_path / "o3").exists()
 
 
 def test_list_shows_every_op_on_stdout():

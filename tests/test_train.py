@@ -337,3 +337,14 @@ def test_a_run_trained_on_a_relative_path_is_evaluated_and_resumed_from_another_
     r = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--workers", "0"])
     assert r.exit_code == 0, r.stderr
     assert [int(row["epoch"]) for row in csv.DictReader(open(run / "metrics.csv"))] == [1, 2]
+
+
+def test_preprocess_takes_the_pipeline_json_that_microcli_preprocess_wrote(tmp_path):
+    data = make_classes(tmp_path / "data", {"ferrite": 6, "pearlite": 6})
+    assert runner.invoke(app, ["preprocess", str(data), "-o", str(tmp_path / "pre"), "--op", "median:radius=2",
+                               "--op", "clahe:clip=0.03", "--workers", "0"]).exit_code == 0
+    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--arch", "lenet", "--epochs", "1",
+                            "--img-size", "32", "--workers", "0", "--preprocess", str(tmp_path / "pre" / "pipeline.json")])
+    assert r.exit_code == 0, r.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["preprocess"]
+    assert saved == "median:radius=2|clahe:clip=0.03"

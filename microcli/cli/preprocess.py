@@ -81,7 +81,7 @@ def preprocess(
         if pipeline_file is not None:
             if op:
                 abort("give either --op or --pipeline, not both", 2)
-            pipeline = Pipeline.from_json(pipeline_file.read_text())
+            pipeline = Pipeline.from_file(pipeline_file)
         else:
             pipeline = Pipeline.parse(op or [])
         if not pipeline:

@@ -46,7 +46,8 @@ _FitOpt = _opt(Fit, "--fit", panel=_M, help="resize: shorter side to the input s
                                             "crops in training, the whole image (or views averaged) in "
                                             "evaluation; auto: chosen from the image sizes.")
 _PreprocessOpt = _opt(str, "--preprocess", "-p", panel=_M, help="Classical ops before the network, 'op:k=v|op:k=v' "
-                                                                "(see microcli filters); 'none' for none "
+                                                                "(see microcli filters) or a pipeline.json that "
+                                                                "microcli preprocess wrote; 'none' for none "
                                                                 "[default: chosen from the data].")
 _PretrainedOpt = _opt(str, "--pretrained", panel=_M, help="'imagenet' (online) or a torchvision state_dict file "
                                                           "(ResNets).")
@@ -166,6 +167,10 @@ def train(
             options = dict(locals())  # every option by its own name: no positional slips
             if preprocess is not None and preprocess.strip().lower() == "none":
                 options["preprocess"] = ""
+            elif preprocess is not None and preprocess.strip().lower().endswith(".json"):  # a pipeline.json
+                from ..preprocess import Pipeline
+
+                options["preprocess"] = str(Pipeline.from_file(preprocess.strip()))
             cfg = TrainConfig(**{k: options[k] for k in _CONFIG_FIELDS if options.get(k) is not None},
                               data=str(data), out=str(out_dir))
         result = _run_with_progress(cfg, resume is not None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -234,6 +235,25 @@ class Pipeline:
             return cls.from_list(json.loads(text))
         except json.JSONDecodeError as exc:
             raise PipelineError(f"pipeline JSON cannot be parsed: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Pipeline:
+        """The pipeline a `pipeline.json` holds (as `microcli preprocess` writes it).
+
+        Raises
+        ------
+        PipelineError
+            The file cannot be read, or `from_json` refuses its text; the message names the file.
+        """
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PipelineError(f"{path}: cannot read the pipeline file ({getattr(exc, 'strerror', None) or exc})"
+                                ) from None
+        try:
+            return cls.from_json(text)
+        except PipelineError as exc:
+            raise PipelineError(f"{path}: {exc}") from None
 
     def __str__(self) -> str:
         return "|".join(str(s) for s in self.steps)
