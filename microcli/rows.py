@@ -89,14 +89,22 @@ class RowSink:
                 raise UsageError("--append needs --output FILE")
             self.fh, header = stdout or sys.stdout, True
         else:
-            if append and fmt != "jsonl":
+            if append:
                 self._check_header(fmt, columns)
             self.fh, header = self._open(append, force)
         self.writer = RowWriter(self.fh, fmt, columns, header=header)
 
     def _check_header(self, fmt: str, columns: list[str]) -> None:
-        """A csv/tsv file appended to must have this run's columns (JSON lines name their own keys)."""
+        """A csv/tsv file appended to must have this run's columns; a jsonl file must hold JSON lines (they name
+        their own keys)."""
         if not self.output.is_file() or not self.output.stat().st_size:
+            return
+        if fmt == "jsonl":
+            with open(self.output, "rb") as fh:
+                first = fh.readline().lstrip()
+            if not first.startswith(b"{"):
+                raise UsageError(f"--append {self.output}: its first line is not a JSON object, so it is not a "
+                                 "JSON lines file; append with the --format it was written in, or write another file")
             return
         with open(self.output, newline="", encoding="utf-8", errors="replace") as fh:
             have = next(csv.reader(fh, delimiter="\t" if fmt == "tsv" else ","), [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -103,3 +104,14 @@ def test_config_options_and_registry_do_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_bracketed_defaults_in_option_help_are_shown_not_eaten_as_markup():
+    wide = {**os.environ, "COLUMNS": "250"}  # so that no help text shares its lines with the next column
+    said = {cmd: " ".join(subprocess.run([sys.executable, "-m", "microcli", cmd, "--help"], capture_output=True,
+                                         text=True, env=wide, check=True).stdout.replace("│", " ").split())
+            for cmd in ("train", "predict")}
+    assert "'none' for none [default: chosen from the data]." in said["train"]
+    assert "Epochs [default: chosen from the data, or planned by --time; with --resume: the run's]." in said["train"]
+    assert "Row format [default: from the -o file's suffix (.tsv, .jsonl), else csv]." in said["predict"]
+    assert "pip install 'microcli[fast]'" in said["predict"]

@@ -177,3 +177,17 @@ def test_per_tile_and_output_files_never_replace_an_input_or_the_model(trained_r
     assert open(image, "rb").read() == image_bytes and (run / "best.pt").read_bytes() == model_bytes
     assert (tmp_path / "tiles.csv").read_text() == "keep"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_the_row_format_follows_the_output_suffix_and_append_keeps_to_the_files_format(trained_run, tmp_path):
+    image = REPO / "sample_images" / "lamellar" / "lamellar_0000.png"
+    for name in ("rows.jsonl", "rows.tsv", "rows.txt"):
+        assert invoke(trained_run, image, "-o", tmp_path / name).exit_code == 0
+    assert json.loads((tmp_path / "rows.jsonl").read_text())["path"] == str(image)
+    assert (tmp_path / "rows.tsv").read_text().startswith("path\tclass\tconfidence")
+    assert (tmp_path / "rows.txt").read_text().startswith("path,class,confidence")
+    r = invoke(trained_run, image, "-o", tmp_path / "rows.txt", "--append", "--format", "jsonl")
+    assert r.exit_code == 2 and (f"error: --append {tmp_path / 'rows.txt'}: its first line is not a JSON object, so "
+                                 "it is not a JSON lines file") in " ".join(r.stderr.split())
+    assert invoke(trained_run, image, "-o", tmp_path / "rows.jsonl", "--append").exit_code == 0
+    assert [json.loads(line)["path"] for line in open(tmp_path / "rows.jsonl")] == [str(image)] * 2

@@ -97,7 +97,7 @@ ModelArg = Annotated[Path, typer.Argument(help="A model bundle (.pt), a run fold
                                                 "TorchScript file made by 'microcli export'.")]
 EngineOpt = Annotated[Engine, typer.Option("--engine", help="What runs the network. auto: on a CPU the fastest "
                                                             "installed runtime (OpenVINO, then ONNX Runtime: pip "
-                                                            "install 'microcli[fast]'), else torch.")]
+                                                            "install 'microcli\\[fast]'), else torch.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto: CUDA, then Apple MPS, then CPU.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: bf16 (or fp16) on CUDA; on CPU bf16 "
                                                                      "for training where native, fp32 for inference.")]

@@ -15,7 +15,10 @@ from .common import (BatchSizeOpt, DeviceOpt, EngineOpt, ForceOpt, MaxPixelsOpt,
 from .common import failed as report_failure
 
 
-_FmtOpt = Annotated[RowFormat, typer.Option("--format", "-f", help="Row format.")]
+ROW_SUFFIXES = {".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}  # anything else: csv
+_FmtOpt = Annotated[RowFormat, typer.Option("--format", "-f", help="Row format \\[default: from the -o file's suffix "
+                                                                   "(.tsv, .jsonl), else csv].",
+                                             show_default=False)]
 _OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Write rows to FILE (atomically) instead of stdout.")]
 _AppendOpt = Annotated[bool, typer.Option("--append", help="With -o: append rows (no second header).")]
 _TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Also give the 2nd..K-th classes.")]
@@ -41,7 +44,7 @@ _ShardOpt = Annotated[str, typer.Option("--shard", help="K/N: only the K-th of N
 def predict(
     model: ModelArg,
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or '-' for paths on stdin.")],
-    fmt: _FmtOpt = RowFormat.csv,
+    fmt: _FmtOpt = None,
     output: _OutputOpt = None,
     append: _AppendOpt = False,
     force: ForceOpt = False,
@@ -115,7 +118,8 @@ def predict(
         maps = PictureFolder(map_dir, suffix="_classmap.png", force=force) if map_dir is not None else None
         paths = shard_of(expand_inputs(inputs, recursive=recursive, stdin=stdin_stream(), nul=null), k_n)
         tiles = TileSpec(tile, stride or tile, aggregate.value) if tile else None
-        with RowSink(output, fmt.value, cols, append=append, force=force) as sink, \
+        row_format = fmt.value if fmt else ROW_SUFFIXES.get(output.suffix.lower() if output else "", "csv")
+        with RowSink(output, row_format, cols, append=append, force=force) as sink, \
                 (atomic_open(per_tile) if per_tile else nullcontext()) as tile_fh:
             extras = _Extras(classes, tiles, maps, want_fractions, tile_fh, max_pixels)
             # Paths from a pipe may come slowly: rows for what is ready go out when it pauses (0.2 s).

@@ -48,10 +48,10 @@ _FitOpt = _opt(Fit, "--fit", panel=_M, help="resize: shorter side to the input s
 _PreprocessOpt = _opt(str, "--preprocess", "-p", panel=_M, help="Classical ops before the network, 'op:k=v|op:k=v' "
                                                                 "(see microcli filters) or a pipeline.json that "
                                                                 "microcli preprocess wrote; 'none' for none "
-                                                                "[default: chosen from the data].")
+                                                                "\\[default: chosen from the data].")
 _PretrainedOpt = _opt(str, "--pretrained", panel=_M, help="'imagenet' (online) or a torchvision state_dict file "
                                                           "(ResNets).")
-_EpochsOpt = _opt(int, "--epochs", "-e", panel=_S, min=1, help="Epochs [default: chosen from the data, or planned "
+_EpochsOpt = _opt(int, "--epochs", "-e", panel=_S, min=1, help="Epochs \\[default: chosen from the data, or planned "
                                                                 "by --time; with --resume: the run's].")
 _TimeOpt = _opt(float, "--time", "-t", panel=_S, min=0.1, help="MINUTES for the whole run: the epochs that fit are "
                                                                "planned from the first ones.")
