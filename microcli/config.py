@@ -159,10 +159,13 @@ class TrainConfig:
         _check_ranges(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: enums as their values, the data path absolute (so that `--resume` works from any folder)."""
-        d = {k: (v.value if isinstance(v, Enum) else v) for k, v in dataclasses.asdict(self).items()}
-        d["data"] = os.path.abspath(d["data"])
-        return d
+        """JSON-ready: enums as their values."""
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def to_saved(self) -> dict[str, Any]:
+        """`to_dict` with the data path absolute: what a run's config.json keeps, so that `--resume` works from
+        any working folder."""
+        return {**self.to_dict(), "data": os.path.abspath(self.data)}
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any], **overrides: Any) -> TrainConfig:

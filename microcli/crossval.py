@@ -156,7 +156,7 @@ def _write_plan(root: Path, cfg: TrainConfig, decoded: DecodedSet, fold: np.ndar
         w.writerows([it.path, it.label, it.group or "", int(f) + 1] for it, f in zip(decoded.items, fold))
         w.writerows([it.path, it.label, it.group or "", name] for name, part in held_out.items() for it in part)
     if not (root / "config.json").is_file():
-        write_json(root / "config.json", {"train": cfg.to_dict(), "cv": {"folds": cfg.folds}, "versions": versions()})
+        write_json(root / "config.json", {"train": cfg.to_saved(), "cv": {"folds": cfg.folds}, "versions": versions()})
 
 
 def _run_fold(cfg, k, decoded, train_idx, test_idx, classes, source, cache, root, env, resume, reasons,

@@ -479,7 +479,7 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
                         bs, steps, cfg.lr_or_default, spec.to_dict(), AugmentConfig().to_dict() if cfg.augment else None,
                         reasons)
     run.write_start(splits={"train": data.train.items, "val": data.val.items, **data.held_out},
-                    skipped=data.skipped, config={"train": cfg.to_dict(), "resolved": resolved.to_dict(),
+                    skipped=data.skipped, config={"train": cfg.to_saved(), "resolved": resolved.to_dict(),
                                                   "versions": versions()})
 
     def bundle(metrics: dict, *, resumable: bool) -> Bundle:
