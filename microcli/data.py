@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import unicodedata
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -66,8 +67,14 @@ def _class_folders(root: Path) -> dict[str, list[Item]]:
                         "not a class folder; move it out of the data set, or give it as the data set itself")
     out = {}
     for name in classes:
-        out[name] = [Item(f.path, name) for f in walk_images(root / name)]
+        out[class_name(name)] = [Item(f.path, class_name(name)) for f in walk_images(root / name)]
     return out
+
+
+def class_name(text: str) -> str:
+    """A class name in Unicode's composed form (NFC): macOS spells 'é' in a folder name as 'e' and a combining
+    accent (NFD), which looks the same and would otherwise be another class."""
+    return unicodedata.normalize("NFC", text)
 
 
 def discover(data: str | Path, *, min_classes: int = 2) -> Discovered:
@@ -140,6 +147,8 @@ def _read_manifest(path: Path, *, min_classes: int = 2) -> Discovered:
     if "path" not in cols or "label" not in cols:
         raise DataError(f"{path}: a manifest needs a header with 'path' and 'label' columns, got {cols}")
     rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    for row in rows:
+        row["label"] = class_name(row.get("label", ""))
     items: dict[str, list[Item]] = defaultdict(list)
     first: dict[str, tuple[int, str, str]] = {}  # normalised path -> (line, label, split) where first listed
     repeated: list[tuple[str, int, int]] = []
@@ -194,5 +203,5 @@ def read_split_csv(path: str | Path) -> dict[str, list[Item]]:
     out: dict[str, list[Item]] = defaultdict(list)
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
-            out[row["split"]].append(Item(row["path"], row["label"], row["group"] or None))
+            out[row["split"]].append(Item(row["path"], class_name(row["label"]), row["group"] or None))
     return dict(out)

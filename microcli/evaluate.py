@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Item, discover, read_split_csv
+from .data import Item, class_name, discover, read_split_csv
 from .engines import Predictor, load_for_engine, warn_message
 from .errors import DataError, UsageError
 from .io import resolve_max_pixels
@@ -121,7 +121,7 @@ def evaluate_items(predictor: Predictor, items: list[Item], *, workers: int = 0,
     """Predict `items` and build their confusion report; labels the model lacks and unreadable files are
     left out and listed in the result. `on_progress(done, total)` is called per image."""
     classes = predictor.classes
-    index = {c: i for i, c in enumerate(classes)}
+    index = {class_name(c): i for i, c in enumerate(classes)}  # a model from before names were composed
     unknown: dict[str, int] = {}
     for it in items:
         if it.label not in index:

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from microcli.checkpoint import load_bundle
 from microcli.cli.app import app
 from microcli.metrics import confusion_report, expected_calibration_error
 
@@ -170,3 +171,24 @@ def test_split_on_data_that_is_not_split_evaluates_it_whole_and_says_so(trained_
     assert rep["source"]["split"] == "all" and rep["overall"]["images"] == 3
     assert f"warning: --split val: {data.parent} is not split, so all its 3 images are evaluated" in \
         " ".join(r.stderr.split())
+
+
+def test_a_class_folder_spelt_in_decomposed_unicode_is_the_same_class(tmp_path):
+    import unicodedata
+
+    composed = "équiaxé grains"
+    decomposed = unicodedata.normalize("NFD", composed)  # how macOS writes the folder name
+    assert composed != decomposed
+    for data, name in ((tmp_path / "lab", composed), (tmp_path / "mac", decomposed)):
+        for cls, src in ((name, "equiaxed"), ("lamellar", "lamellar")):
+            (data / cls).mkdir(parents=True)
+            for f in sorted((REPO / "sample_images" / src).glob("*.png"))[:6]:
+                shutil.copy(f, data / cls)
+    r = runner.invoke(app, ["train", str(tmp_path / "mac"), "-o", str(tmp_path / "run"), "--arch", "lenet",
+                            "--epochs", "1", "--img-size", "32", "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    assert load_bundle(tmp_path / "run").classes == ["lamellar", composed]
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "lab"), "--format", "json",
+                            "--workers", "0"])
+    assert r.exit_code == 0 and "excluded" not in r.stderr
+    assert json.loads(r.stdout)["overall"]["images"] == 12
