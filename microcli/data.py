@@ -105,11 +105,26 @@ def discover(data: str | Path, *, min_classes: int = 2) -> Discovered:
         for s in SPLIT_NAMES[1:]:
             if splits.get(s):  # an empty class folder there is a slip too (an empty val/ is said later)
                 _check_classes(data / s, splits[s], min_classes=1)
-        return Discovered(classes, {s: [it for c in sorted(per) for it in per[c]] for s, per in splits.items()},
-                          "split-folders")
+        parts = {s: [it for c in sorted(per) for it in per[c]] for s, per in splits.items()}
+        _check_one_file_one_place(parts)
+        return Discovered(classes, parts, "split-folders")
     per_class = _class_folders(data)
     _check_classes(data, per_class, min_classes)
-    return Discovered(sorted(per_class), {"all": [it for c in sorted(per_class) for it in per_class[c]]}, "folders")
+    parts = {"all": [it for c in sorted(per_class) for it in per_class[c]]}
+    _check_one_file_one_place(parts)
+    return Discovered(sorted(per_class), parts, "folders")
+
+
+def _check_one_file_one_place(parts: dict[str, list[Item]]) -> None:
+    """One file reached through two folders (a symlinked folder) must not be under two labels or in two parts."""
+    seen: dict[str, tuple[str, Item]] = {}
+    for part, items in parts.items():
+        for it in items:
+            first = seen.setdefault(os.path.realpath(it.path), (part, it))
+            if first[1] is not it and (first[1].label, first[0]) != (it.label, part):
+                where = "under two classes" if first[1].label != it.label else f"in the {first[0]} and {part} parts"
+                raise DataError(f"{first[1].path} and {it.path} are one file (through a symlink), {where}: an "
+                                "image has one label and one part; remove the link")
 
 
 def _check_classes(root: Path, per_class: dict[str, list[Item]], min_classes: int = 2) -> None:

@@ -181,3 +181,11 @@ def test_a_preprocess_output_inside_the_data_set_is_refused_rather_than_taken_fo
             "class folder") in flat(r.stderr)
     assert invoke(data / "edges", "-o", tmp_path / "s.csv").exit_code == 0  # the output is a data set of its own
     assert {row["label"] for row in rows(tmp_path / "s.csv")} == {"equiaxed", "lamellar", "porosity"}
+
+
+def test_one_file_reached_under_two_classes_through_a_symlink_is_refused(data, tmp_path):
+    (data / "equiaxed" / "more").symlink_to(data / "lamellar", target_is_directory=True)
+    r = invoke(data, "-o", tmp_path / "s.csv")
+    assert r.exit_code == 1 and not (tmp_path / "s.csv").exists()
+    assert (f"{data / 'equiaxed' / 'more' / 'lamellar_0000.png'} and {data / 'lamellar' / 'lamellar_0000.png'} are "
+            "one file (through a symlink), under two classes") in flat(r.stderr)
