@@ -746,3 +746,18 @@ def test_split_folders_name_loose_images_beside_them_and_refuse_an_empty_class_f
     assert (f"warning: {data}: 1 image(s) lie outside the train/val/test folders and are not used (stray.png)"
             in flat(r.stderr))
     assert f"error: {data / 'val'}: empty class folder(s): 'ghost'" in flat(r.stderr)
+
+
+def test_explain_writes_every_heat_map_when_its_reader_has_gone(trained_run, tmp_path):
+    """`explain ... | head -1`: the rows' reader leaves, the pictures (the real output) are all written."""
+    proc = subprocess.Popen([sys.executable, "-m", "microcli", "explain", str(trained_run), *GOOD, "-o",
+                             str(tmp_path / "maps"), "--workers", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # no reader at all: the first row already meets a closed pipe
+    try:
+        assert proc.wait(120) == 0, proc.stderr.read()
+        assert proc.stderr.read() == ""
+    finally:
+        proc.kill()
+        proc.stderr.close()
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(Path(g).stem + "_cam.png" for g in GOOD)

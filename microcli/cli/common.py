@@ -78,6 +78,16 @@ def quiet_broken_pipe() -> Iterator[None]:
         os._exit(0)
 
 
+def stdout_to_devnull() -> None:
+    """The reader of stdout has gone (`| head`) where rows are not the whole output (explain's pictures):
+    later rows go to /dev/null and the work goes on."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def progress(quiet: bool = False):
     """A rich progress bar on stderr, shown only on a terminal and not with --quiet."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

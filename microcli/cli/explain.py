@@ -7,7 +7,8 @@ import typer
 
 from ..options import CamMethod, Device, Precision, RowFormat
 from .common import (BatchSizeOpt, DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
-                     ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream)
+                     ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream,
+                     stdout_to_devnull)
 
 
 _InputsOpt = Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or '-' for paths on stdin.")]
@@ -94,17 +95,29 @@ def explain(
                                  method=method.value)
         classes = bundle.classes
         cols = row_columns(classes, top_k=3) + ["explained", "map"]
-        with RowSink(None, fmt.value, cols) as sink:
+        try:
+            sink = RowSink(None, fmt.value, cols)  # writes the header
+        except BrokenPipeError:  # nobody reads the rows at all
+            stdout_to_devnull()
+            sink = RowSink(None, fmt.value, cols)
+        with sink:
+
+            def emit(row: dict) -> None:  # `| head` may stop reading rows: the heat maps are still written
+                try:
+                    sink.write(row)
+                except BrokenPipeError:
+                    stdout_to_devnull()
+
             for ex in explain_stream(explainer, paths, target=target, batch_size=batch_size,
                                      workers=auto_workers(workers, threads=True), max_pixels=max_pixels):
                 if ex.error:
                     failed += 1
                     err.print(f"[red]failed:[/] {ex.error}", markup=True)
-                    sink.write({"path": ex.path, "error": ex.error})
+                    emit({"path": ex.path, "error": ex.error})
                     continue
                 where = pictures.write(ex.path, render_explanation(ex, classes, chosen=target is not None))
                 row = prediction_row(Prediction(ex.path, ex.probs), classes, top_k=3)
-                sink.write({**row, "explained": classes[ex.target], "map": str(where)})
+                emit({**row, "explained": classes[ex.target], "map": str(where)})
                 done += 1
     if failed:
         err.print(f"{failed} of {failed + done} input(s) failed")
