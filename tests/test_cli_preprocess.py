@@ -96,6 +96,13 @@ def test_bad_op_is_a_usage_error(tree, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_input_folder_as_output_is_refused_with_the_rule_named(tree):
+    r = invoke("preprocess", tree, "-o", tree, "--op", "sobel", "--force")
+    assert r.exit_code == 2
+    assert (f"error: -o {tree}: is the input folder {tree} or holds it, and the output folder is never read as "
+            "input") in " ".join(r.stderr.split())
+
+
 def test_stdin_paths(tree, tmp_path):
     paths = "\0".join(str(p) for p in sorted(tree.rglob("*.png"))) + "\0"
     r = invoke("preprocess", "-", "-0", "-o", tmp_path / "out", "--op", "invert", input=paths)

@@ -191,3 +191,9 @@ def test_the_row_format_follows_the_output_suffix_and_append_keeps_to_the_files_
                                  "it is not a JSON lines file") in " ".join(r.stderr.split())
     assert invoke(trained_run, image, "-o", tmp_path / "rows.jsonl", "--append").exit_code == 0
     assert [json.loads(line)["path"] for line in open(tmp_path / "rows.jsonl")] == [str(image)] * 2
+
+
+@pytest.mark.parametrize("option", [["--stride", "16"], ["--per-tile", "tiles.csv"]])
+def test_tile_options_without_tile_are_usage_errors(trained_run, tmp_path, option):
+    r = invoke(trained_run, REPO / "sample_images" / "lamellar" / "lamellar_0000.png", *option)
+    assert r.exit_code == 2 and r.stderr == f"error: {option[0]} needs --tile SIZE\n" and r.stdout == ""

@@ -84,6 +84,7 @@ def test_binary_output_feeds_next_op(image):
     ("resize", r"op 'resize': give 'width', 'height' or both"),
     ("blur", r"unknown op 'blur' \(ops: canny, .*\)"),
     ("gaussian:sigma", r"op 'gaussian': expected key=value"),
+    ("gaussian:sigma=1,sigma=2", r"op 'gaussian': sigma is given twice \(1 and 2\); give it once"),
     ("gaussian:radius=1", r"op 'gaussian': unknown parameter 'radius' \(parameters: sigma\)"),
     ("denoise:h=0.1", r"op 'denoise': parameter 'h' applies to method=nlm only"),
 ])

@@ -105,6 +105,8 @@ def predict(
         want_fractions = fractions or map_dir is not None
         if want_fractions and not tile:
             raise UsageError(("--map" if map_dir is not None else "--fractions") + " needs --tile SIZE")
+        if not tile and (stride or per_tile is not None):
+            raise UsageError(("--stride" if stride else "--per-tile") + " needs --tile SIZE")
         # -o has its own rules for an existing file (--append, --force, RowSink); both never name the model
         check_output_files({"--output": output, "--per-tile": per_tile}, force=True,
                            protected=[resolve_model_path(model)])

@@ -88,6 +88,11 @@ def preprocess(
             abort("no --op given; see 'microcli preprocess --list'", 2)
         found = list(find_images(inputs, recursive=recursive, stdin=stdin_stream(), nul=null, exclude=[out_dir]))
         if not found:
+            inside = [i for i in inputs if i != "-" and Path(i).is_dir() and Path(i).resolve().is_relative_to(
+                out_dir.resolve())]
+            if inside:  # every image was skipped as lying in the output folder
+                abort(f"-o {out_dir}: is the input folder {inside[0]} or holds it, and the output folder is never "
+                      "read as input; write to another folder (inputs are never overwritten)", 2)
             abort("no images found in " + ", ".join(inputs), 1)
         plan = plan_jobs(found, out_dir, force=force)
         new_dir = not out_dir.exists()

@@ -82,7 +82,7 @@ class Step:
         Raises
         ------
         PipelineError
-            A pair that is not key=value, or anything `make` refuses.
+            A pair that is not key=value, a key given twice, or anything `make` refuses.
         """
         name, _, args = text.strip().partition(":")
         raw: dict[str, str] = {}
@@ -90,6 +90,9 @@ class Step:
             key, eq, value = pair.partition("=")
             if not eq or not key.strip():
                 raise PipelineError(f"op '{name}': expected key=value, got '{pair}' (example: gaussian:sigma=2)")
+            if key.strip() in raw:
+                raise PipelineError(f"op '{name}': {key.strip()} is given twice ({raw[key.strip()]} and "
+                                    f"{value.strip()}); give it once")
             raw[key.strip()] = value.strip()
         return cls.make(name.strip().lower(), raw)
 
