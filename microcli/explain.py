@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .errors import UsageError
 from .engines import CPU_MICRO_BATCH, Predictor, average_views, network_views
 from .inference import model_logits
-from .inputs import prepare_or_error
+from .inputs import prepare_or_error, range_warning
 from .models import get_model_info
 from .parallel import bounded_map
 
@@ -61,6 +61,8 @@ class Explanation:
         The map's maximum before scaling (0 when the class found no positive evidence anywhere).
     error : str or None
         Why the file could not be explained; the other fields are then None.
+    warning : str or None
+        Values far outside the training range, as `predict` warns (`inputs.range_warning`), with the path.
     """
 
     path: str
@@ -70,6 +72,7 @@ class Explanation:
     cam: np.ndarray | None = None
     peak: float = 0.0
     error: str | None = None
+    warning: str | None = None
 
 
 def class_index(classes: Sequence[str], name: str | None) -> int | None:
@@ -310,7 +313,8 @@ def _flush(explainer: CamExplainer, pending, target: int | None, batch_size: int
             yield Explanation(path, error=got)
         else:
             probs, t, cam, peak = next(done)
-            yield Explanation(path, got, probs, t, cam, peak)
+            warning = range_warning([got], explainer.predictor.spec)
+            yield Explanation(path, got, probs, t, cam, peak, warning=f"{path}: {warning}" if warning else None)
 
 
 # --- the picture ---------------------------------------------------------------------------------------

@@ -454,6 +454,14 @@ def test_evaluate_warns_on_values_far_outside_the_training_range(trained_run, ra
     assert f"warning: {raw_float_tiff}: pixel values span" in r.stderr and GOOD[0] not in r.stderr
 
 
+def test_explain_warns_on_values_far_outside_the_training_range(trained_run, raw_float_tiff, tmp_path):
+    r = cli("explain", trained_run, raw_float_tiff, GOOD[0], "-o", tmp_path / "maps", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {raw_float_tiff}: pixel values span [")
+    assert len(list((tmp_path / "maps").iterdir())) == 2
+
+
 def test_no_range_warning_for_ordinary_images(trained_run, tmp_path):
     r = cli("predict", trained_run, SAMPLE, "-r", "--workers", "0")
     assert r.exit_code == 0 and r.stderr == ""

@@ -8,7 +8,7 @@ import typer
 from ..options import CamMethod, Device, Precision, RowFormat
 from .common import (BatchSizeOpt, DeviceOpt, ForceOpt, MaxPixelsOpt, ModelArg, NullOpt, PrecisionOpt, RecursiveOpt,
                      ThreadsOpt, WorkersOpt, abort, err, errors_to_exit, quiet_broken_pipe, stdin_stream,
-                     stdout_to_devnull)
+                     stdout_to_devnull, warn)
 
 
 _InputsOpt = Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or '-' for paths on stdin.")]
@@ -115,6 +115,8 @@ def explain(
                     err.print(f"[red]failed:[/] {ex.error}", markup=True)
                     emit({"path": ex.path, "error": ex.error})
                     continue
+                if ex.warning:
+                    warn(ex.warning)
                 where = pictures.write(ex.path, render_explanation(ex, classes, chosen=target is not None))
                 row = prediction_row(Prediction(ex.path, ex.probs), classes, top_k=3)
                 emit({**row, "explained": classes[ex.target], "map": str(where)})
