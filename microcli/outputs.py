@@ -101,8 +101,8 @@ def check_output_files(files: dict[str, str | Path | None], *, force: bool,
         if real in seen:
             raise UsageError(f"{option} {path}: is also given to {seen[real]}; give each its own file")
         if real in guarded:
-            raise OutputExistsError(f"{option} {path}: is one of the inputs (the model, its split.csv, the data or an image); "
-                                    "choose another file name")
+            raise OutputExistsError(f"{option} {path}: is one of the inputs (the model, its split.csv, the data or "
+                                    "an image); choose another file name")
         if os.path.exists(path) and not force:
             raise OutputExistsError(f"{option} {path}: exists; use --force to replace it")
         seen[real] = option

@@ -733,8 +733,9 @@ def test_a_given_split_whose_val_part_lacks_a_class_is_warned_about(tmp_path):
 def test_a_given_split_whose_train_part_lacks_a_class_is_refused_before_any_image_is_read(tmp_path):
     data = small_data(tmp_path / "data")
     m = tmp_path / "m.csv"
+    files = sorted((data / "lamellar").glob("*.png")) + sorted((data / "porosity").glob("*.png"))
     rows = [f"{f},{f.parent.name},{'train' if f.parent.name == 'lamellar' and i < 4 else 'val'}"
-            for i, f in enumerate(sorted((data / "lamellar").glob("*.png")) + sorted((data / "porosity").glob("*.png")))]
+            for i, f in enumerate(files)]
     m.write_text("path,label,split\n" + "\n".join(rows) + "\n")
     r = train(m, "-o", tmp_path / "run")
     assert r.exit_code == 1

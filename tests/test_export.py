@@ -133,7 +133,8 @@ def test_metadata_survives_and_info_reads_exported_files(trained_run, tmp_path):
         assert d["input"]["img_size"] == 96 and d["export"]["format"] == kind
         r = runner.invoke(app, ["info", str(out)])
         assert r.exit_code == 0 and "export check" in r.stdout and bundle.arch in r.stdout
-        r = runner.invoke(app, ["explain", str(out), str(REPO / "sample_images" / "lamellar"), "-o", str(tmp_path / "x")])
+        r = runner.invoke(app, ["explain", str(out), str(REPO / "sample_images" / "lamellar"), "-o",
+                                str(tmp_path / "x")])
         label = {"onnx": "ONNX", "torchscript": "TorchScript"}[kind]
         assert r.exit_code == 1 and (f"{out}: an exported {label} model; this needs a microcli .pt bundle "
                                      "(a run's best.pt)") in " ".join(r.stderr.split())

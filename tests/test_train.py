@@ -143,7 +143,8 @@ def test_non_bundle_files_are_refused(tmp_path):
                                                   rf"archive\) nor an older torch pickle \({told}\)"):
             load_bundle(tmp_path / "junk.pt")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "sd.pt").read_bytes()[:2000])  # a zip cut short in the copy
-    with pytest.raises(CheckpointError, match=r"cut\.pt: a damaged model file: a zip archive without its directory \(a copy cut short\?\)"):
+    with pytest.raises(CheckpointError, match=r"cut\.pt: a damaged model file: a zip archive without its directory "
+                                              r"\(a copy cut short\?\)"):
         load_bundle(tmp_path / "cut.pt")
 
 
@@ -344,7 +345,8 @@ def test_preprocess_takes_the_pipeline_json_that_microcli_preprocess_wrote(tmp_p
     assert runner.invoke(app, ["preprocess", str(data), "-o", str(tmp_path / "pre"), "--op", "median:radius=2",
                                "--op", "clahe:clip=0.03", "--workers", "0"]).exit_code == 0
     r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--arch", "lenet", "--epochs", "1",
-                            "--img-size", "32", "--workers", "0", "--preprocess", str(tmp_path / "pre" / "pipeline.json")])
+                            "--img-size", "32", "--workers", "0",
+                            "--preprocess", str(tmp_path / "pre" / "pipeline.json")])
     assert r.exit_code == 0, r.stderr
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["preprocess"]
     assert saved == "median:radius=2|clahe:clip=0.03"
