@@ -28,12 +28,11 @@ from .io import atomic_open
 from .metrics import confusion_report, fold_summary
 from .parallel import auto_workers
 from .report import report_text, write_json
-from .runfolder import RunFolder
+from .runfolder import RunFolder, check_run_path, clear_previous_run
 from .splits import groups_from_names, stratified_group_kfold, stratified_group_split
 from .train import (Callback, Event, Runtime, TrainData, TrainResult, _ignore, resolve_input, resolve_recipe,
                     train_decoded)
 
-CV_FILES = ("config.json", "folds.csv", "cv_report.json", "cv_report.txt", "cv_report.html", "cv_predictions.csv")
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
@@ -75,6 +74,7 @@ def cross_validate(cfg: TrainConfig, *, resume: bool = False, on_event: Callback
     if cfg.folds < 2:
         raise UsageError("cross-validation needs --folds K with K >= 2")
     env = Runtime.setup(cfg)
+    check_run_path(cfg.out, cfg.data)
     root = _open_root(Path(cfg.out), resume=resume, force=cfg.force, main=env.main)
     classes, items, held_out, source = _cv_items(cfg)
     n_train = fold_train_size(len(items), cfg.folds, cfg.val_split)
@@ -127,8 +127,7 @@ def _open_root(root: Path, *, resume: bool, force: bool, main: bool) -> Path:
             raise OutputExistsError(f"{root}: run folder exists and is not empty; use --force to overwrite it, "
                                     f"or --resume {root} to continue it")
         if main:
-            for name in CV_FILES:
-                (root / name).unlink(missing_ok=True)
+            clear_previous_run(root)
     return root
 
 

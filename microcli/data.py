@@ -68,7 +68,17 @@ def _class_folders(root: Path) -> dict[str, list[Item]]:
     out = {}
     for name in classes:
         out[class_name(name)] = [Item(f.path, class_name(name)) for f in walk_images(root / name)]
+    _refuse_run_folders(p for items in out.values() for p in {os.path.dirname(it.path) for it in items})
     return out
+
+
+def _refuse_run_folders(folders) -> None:
+    """A microcli run folder inside the data (from a version that let `--out` lie there) holds plots that
+    would be read as images of a class."""
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "metrics.csv")) and os.path.isfile(os.path.join(folder, "config.json")):
+            raise DataError(f"{folder}: is a microcli run folder inside the data set, and its plots would be read "
+                            "as images of a class; move it out of the data set")
 
 
 def class_name(text: str) -> str:

@@ -385,6 +385,9 @@ def check_output(output: str | Path, *, source: Path, force: bool) -> Path:
     out = Path(output)
     if out.is_dir():
         raise UsageError(f"-o {output}: is a folder; give a file name")
+    from .outputs import check_output_path
+
+    check_output_path(output, "-o")
     if out.exists() and os.path.samefile(out, source):
         raise OutputExistsError(f"-o {output}: is the model being exported; choose another name")
     if out.exists() and not force:

@@ -98,6 +98,7 @@ def check_output_files(files: dict[str, str | Path | None], *, force: bool,
         real = os.path.realpath(path)
         if os.path.isdir(path):
             raise UsageError(f"{option} {path}: is a folder; give a file name")
+        check_output_path(path, option)
         if real in seen:
             raise UsageError(f"{option} {path}: is also given to {seen[real]}; give each its own file")
         if real in guarded:
@@ -106,3 +107,20 @@ def check_output_files(files: dict[str, str | Path | None], *, force: bool,
         if os.path.exists(path) and not force:
             raise OutputExistsError(f"{option} {path}: exists; use --force to replace it")
         seen[real] = option
+
+
+def check_output_path(path: str | Path, option: str, *, folder: bool = False) -> None:
+    """A path to be written can be: a `folder` is not an existing file, and no folder above it is a file.
+
+    Raises
+    ------
+    UsageError : naming the option, the path and the file in the way.
+    """
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise UsageError(f"{option} {path}: is a file; give a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {path}: {parent} is a file, not a folder")
+            return

@@ -21,6 +21,39 @@ REPORT_FILES = tuple(f"val_{n}" for n in ("report.json", "report.txt", "per_clas
 # Written before the first epoch ends; a folder holding only these never trained and may be replaced.
 START_FILES = ("config.json", "split.csv", "skipped.csv")
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "curves.png", "report.html", *START_FILES, *REPORT_FILES)
+CV_FILES = ("config.json", "folds.csv", "cv_report.json", "cv_report.txt", "cv_report.html", "cv_predictions.csv")
+
+
+def check_run_path(out: str | Path, data: str | Path) -> None:
+    """Before anything is read: RUN can be a folder (no file there or above it), and it is not inside the data
+    folder, where its plots and reports would be read as images of a class by the next run.
+
+    Raises
+    ------
+    UsageError
+    """
+    from .errors import UsageError
+    from .outputs import check_output_path
+
+    check_output_path(out, "--out", folder=True)
+    if Path(data).is_dir() and Path(out).resolve().is_relative_to(Path(data).resolve()):
+        raise UsageError(f"--out {out}: lies inside the data folder {data}, where the run's plots and reports would "
+                         "be read as images by the next run; put the run folder elsewhere")
+
+
+def clear_previous_run(path: Path) -> None:
+    """What an earlier run (plain or cross-validation) wrote in `path`, before `--force` puts a new one there:
+    its files, and its fold-N/ and final/ folders (those holding a config.json, so microcli's). The user's own
+    files stay."""
+    import re
+    import shutil
+
+    for name in {*RUN_FILES, *CV_FILES}:
+        (path / name).unlink(missing_ok=True)
+    for sub in path.iterdir():
+        if sub.is_dir() and not sub.is_symlink() and re.fullmatch(r"fold-\d+|final", sub.name) \
+                and (sub / "config.json").is_file():
+            shutil.rmtree(sub)
 
 
 class RunFolder:
@@ -87,7 +120,9 @@ class RunFolder:
                 raise OutputExistsError(f"{run.path}: run folder exists and is not empty; use --force to overwrite "
                                         f"it, or --resume {run.path} to continue it")
             if main:
-                run._clear(RUN_FILES if force else START_FILES)
+                if force:
+                    clear_previous_run(run.path)
+                run._clear(START_FILES)
         if main and run.path.is_dir():
             run._clear(())
         return run

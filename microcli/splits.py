@@ -469,6 +469,9 @@ def write_split_manifest(data: str | Path, output: str | Path, *, val: float = 0
     pattern = compile_group_regex(group_by) if group_by is not None else None
     if output.is_dir():
         raise OutputExistsError(f"{output}: is a folder; give a file name for the manifest")
+    from .outputs import check_output_path
+
+    check_output_path(output, "--output")
     if output.exists() and not force:
         raise OutputExistsError(f"{output}: exists (use --force to overwrite)")
     found = discover(data)

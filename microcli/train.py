@@ -41,7 +41,7 @@ from .parallel import auto_workers
 from .preprocess import Pipeline
 from .recipe import batch_plan, choose_recipe, class_weights, data_stats, plan_epochs, sample_weights
 from .report import write_report_files
-from .runfolder import RunFolder
+from .runfolder import RunFolder, check_run_path
 from .splits import groups_from_names, stratified_group_split
 
 MAX_TIMED_EPOCHS = 200  # the most epochs a --time budget plans
@@ -409,6 +409,7 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | 
     """
     started = time.perf_counter()
     on_event = on_event or _ignore
+    check_run_path(cfg.out, cfg.data)
     env = Runtime.setup(cfg)
     run = RunFolder.open(cfg.out, resume=resume, force=cfg.force, main=env.main)
     previous = run.load_last() if resume else None

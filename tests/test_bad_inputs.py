@@ -770,3 +770,49 @@ def test_explain_writes_every_heat_map_when_its_reader_has_gone(trained_run, tmp
         proc.kill()
         proc.stderr.close()
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(Path(g).stem + "_cam.png" for g in GOOD)
+
+
+def test_run_folders_that_cannot_be_or_should_not_be_are_refused_before_any_image_is_read(tmp_path):
+    data = small_data(tmp_path / "data")
+    (tmp_path / "afile.txt").write_text("mine")
+    for out, said in ((tmp_path / "afile.txt", f"--out {tmp_path / 'afile.txt'}: is a file; give a folder"),
+                      (tmp_path / "afile.txt" / "run", f"--out {tmp_path / 'afile.txt' / 'run'}: "
+                                                        f"{tmp_path / 'afile.txt'} is a file, not a folder"),
+                      (data / "runs" / "a", f"--out {data / 'runs' / 'a'}: lies inside the data folder {data}")):
+        for folds in ((), ("--folds", "2")):
+            r = train(data, "-o", out, *folds)
+            assert r.exit_code == 2 and said in flat(r.stderr) and "classes," not in r.stderr, r.stderr
+    assert (tmp_path / "afile.txt").read_text() == "mine" and not (data / "runs").exists()
+
+
+def test_a_run_folder_left_inside_the_data_is_refused_not_read_as_a_class(tmp_path):
+    data = small_data(tmp_path / "data")
+    assert train(data, "-o", tmp_path / "run").exit_code == 0
+    shutil.copytree(tmp_path / "run", data / "porosity" / "old run")  # as an older version let it be written
+    r = train(data, "-o", tmp_path / "run2")
+    assert r.exit_code == 1
+    assert (f"error: {data / 'porosity' / 'old run'}: is a microcli run folder inside the data set, and its plots "
+            "would be read as images of a class") in flat(r.stderr)
+
+
+def test_force_over_a_cross_validation_leaves_none_of_its_folds_or_reports(tmp_path):
+    data = small_data(tmp_path / "data")
+    run = tmp_path / "run"
+    assert train(data, "-o", run, "--folds", "3", "--refit").exit_code == 0
+    (run / "notes.txt").write_text("mine")
+    assert {"fold-3", "final", "cv_report.json"} <= {p.name for p in run.iterdir()}
+    assert train(data, "-o", run, "--folds", "2", "--force").exit_code == 0
+    assert not (run / "fold-3").exists() and not (run / "final").exists()
+    assert train(data, "-o", run, "--force").exit_code == 0
+    left = {p.name for p in run.iterdir()}
+    assert "notes.txt" in left and not {"fold-1", "fold-2", "cv_report.json", "folds.csv"} & left
+
+
+def test_a_path_under_a_file_is_one_message_not_a_traceback(trained_run, tmp_path):
+    (tmp_path / "afile.txt").write_text("mine")
+    for cmd, source, option, name in (("split", SAMPLE, "--output", "s.csv"), ("export", trained_run, "-o", "m.onnx")):
+        r = cli(cmd, source, "-o", tmp_path / "afile.txt" / name)
+        assert (r.exit_code, r.stderr) == (2, f"error: {option} {tmp_path / 'afile.txt' / name}: "
+                                              f"{tmp_path / 'afile.txt'} is a file, not a folder\n")
+    r = cli("export", trained_run, "-o", "/proc/m.onnx")  # a folder nobody may write in: the OS says why
+    assert r.exit_code == 1 and r.stderr.startswith("error: /proc/") and not isinstance(r.exception, OSError)

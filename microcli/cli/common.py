@@ -48,7 +48,8 @@ def failed(message: str) -> None:
 
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
-    """Turn the library's typed errors into one red line on stderr and the error's exit code."""
+    """Turn the library's typed errors into one red line on stderr and the error's exit code; an OSError (a path
+    under a file, a folder that cannot be written) into one line naming the path, exit 1."""
     from ..errors import MicrocliError
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
@@ -62,6 +63,11 @@ def errors_to_exit() -> Iterator[None]:
         abort(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         abort("interrupted", 130)
+    except BrokenPipeError:
+        raise  # `| head`: quiet_broken_pipe's to handle, or Python's
+    except OSError as exc:  # a file system refusal the library did not foresee: the path and the reason, no traceback
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        abort(f"{where}: {exc.strerror or exc}" if where else str(exc), 1)
     finally:
         warnings.showwarning = old
 
