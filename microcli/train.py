@@ -28,9 +28,9 @@ from torch import nn
 from .augment import AugmentConfig, augment
 from .checkpoint import Bundle, load_bundle, versions
 from .config import Resolved, TrainConfig
-from .data import Item, discover
+from .data import Item, discover, read_split_csv
 from .dataset import DecodedSet, Source, choose_cache, decode_items
-from .errors import DataError
+from .errors import DataError, UsageError
 from .engines import Predictor, Views, average_views, network_views
 from .inference import model_logits, normalize, pick_device, pick_dtype, set_threads
 from .inputs import CROP_WHOLE, InputSpec, detect_channels
@@ -174,6 +174,19 @@ def resolve_splits(cfg: TrainConfig) -> tuple[list[str], dict[str, list[Item]], 
         warnings.append(f"{cfg.data}: the val part has no image of class(es) {absent('val')}: validation "
                         "macro-F1, which picks best.pt and stops early, cannot see it")
     return found.classes, splits, found.source, warnings
+
+
+def _resumed_splits(split_csv: Path, fresh: dict[str, list[Item]], data: str) -> tuple[dict[str, list[Item]],
+                                                                                    list[str]]:
+    """A resumed run goes on with the split it started with (a split drawn again from data that has changed
+    would move images the model trained on into validation), and says what DATA holds beyond it."""
+    kept = read_split_csv(split_csv)
+    known = {os.path.abspath(it.path) for items in kept.values() for it in items}
+    new = [it.path for items in fresh.values() for it in items if os.path.abspath(it.path) not in known]
+    warnings = [f"{data}: {len(new)} image(s) are not in the run's split.csv (added since the run started, e.g. "
+                f"{new[0]}); a resumed run keeps its split, so they are not used: start a new run to train on them"
+                ] if new else []
+    return kept, warnings
 
 
 def resolve_input(cfg: TrainConfig, train_items: list[Item], previous: Bundle | None) -> tuple[InputSpec, dict]:
@@ -413,7 +426,14 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | 
     env = Runtime.setup(cfg)
     run = RunFolder.open(cfg.out, resume=resume, force=cfg.force, main=env.main)
     previous = run.load_last() if resume else None
+    done = (previous.training_state or {}).get("epoch", 0) if previous is not None else 0
+    if previous is not None and cfg.epochs and cfg.time is None and done >= cfg.epochs:
+        raise UsageError(f"--resume {cfg.out}: the run has trained {done} epochs, and --epochs {cfg.epochs} asks for "
+                         f"no more; give --epochs above {done} to go on")
     classes, splits, source, warnings = resolve_splits(cfg)
+    if previous is not None and (run.path / "split.csv").is_file():
+        splits, kept_warnings = _resumed_splits(run.path / "split.csv", splits, cfg.data)
+        warnings += kept_warnings
     for w in warnings:
         on_event(Event("message", text=f"warning: {w}"))
     if previous is not None and previous.classes != classes:
@@ -610,8 +630,6 @@ def _validation_row(loop: EpochLoop, state: TrainState, env: Runtime) -> dict:
 def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
     """The config a run was started with, with the given non-None options changed (epochs, data...)."""
     import json
-
-    from .errors import UsageError
 
     path = Path(run_dir) / "config.json"
     if not Path(run_dir).is_dir():

@@ -350,3 +350,33 @@ def test_preprocess_takes_the_pipeline_json_that_microcli_preprocess_wrote(tmp_p
     assert r.exit_code == 0, r.stderr
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["preprocess"]
     assert saved == "median:radius=2|clahe:clip=0.03"
+
+
+def test_resume_keeps_the_runs_split_when_images_were_added_since(tmp_path):
+    data = make_classes(tmp_path / "data", {"ferrite": 8, "pearlite": 8})
+    args = ["--arch", "lenet", "--img-size", "32", "--workers", "0"]
+    assert runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", *args]).exit_code == 0
+    before = (tmp_path / "run" / "split.csv").read_text()
+    for i, f in enumerate(sorted((SAMPLE / "porosity").glob("*.png"))[:3]):
+        shutil.copy(f, data / "ferrite" / f"new_{i}.png")
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    assert (f"warning: {data}: 3 image(s) are not in the run's split.csv (added since the run started, e.g. "
+            f"{data / 'ferrite' / 'new_0.png'}); a resumed run keeps its split") in " ".join(r.stderr.split())
+    assert (tmp_path / "run" / "split.csv").read_text() == before
+
+
+def test_resume_says_what_it_ignores_and_refuses_to_train_nothing(tmp_path):
+    data = make_classes(tmp_path / "data", {"ferrite": 6, "pearlite": 6})
+    args = ["--arch", "lenet", "--img-size", "32", "--workers", "0"]
+    assert runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--epochs", "2", *args]).exit_code == 0
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--epochs", "2"])
+    assert r.exit_code == 2
+    assert (f"error: --resume {tmp_path / 'run'}: the run has trained 2 epochs, and --epochs 2 asks for no more; "
+            "give --epochs above 2 to go on") in " ".join(r.stderr.split())
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--arch", "resnet18",
+                            "--val-split", "0.5"])
+    assert r.exit_code == 0, r.stderr
+    assert (f"warning: --resume {tmp_path / 'run'} goes on with the run's own settings; ignored: --arch, "
+            "--val-split") in " ".join(r.stderr.split())
+    assert load_bundle(tmp_path / "run").arch == "lenet"

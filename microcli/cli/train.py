@@ -9,7 +9,7 @@ import typer
 from ..models import REGISTRY
 from ..options import Arch, Cache, Channels, ClassWeights, Device, Fit, Optimizer, Precision, Sampler
 from .common import (DeviceOpt, MaxPixelsOpt, PrecisionOpt, ThreadsOpt, WorkersOpt, abort, err,
-                     errors_to_exit, progress)
+                     errors_to_exit, progress, warn)
 
 _LR_HELP = ", ".join(f"{m.default_lr:g} {n}" for n, m in REGISTRY.items())
 
@@ -160,6 +160,10 @@ def train(
         if resume is not None:
             from ..train import resume_config
 
+            ignored = _ignored_on_resume({**locals(), "out": out_dir})
+            if ignored:
+                warn(f"--resume {resume} goes on with the run's own settings; ignored: {', '.join(ignored)} "
+                     "(only --epochs and DATA are taken; start a new run to change the others)")
             cfg = resume_config(resume, epochs=epochs, data=str(data) if data is not None else None)
         else:
             if data is None or out_dir is None:
@@ -187,6 +191,15 @@ _CONFIG_FIELDS = ("arch", "epochs", "time", "batch_size", "sampler", "ema", "lr"
                   "warmup_epochs", "label_smoothing", "class_weights", "patience", "val_split", "seed", "img_size",
                   "channels", "fit", "preprocess", "augment", "pretrained", "precision", "device", "workers",
                   "threads", "cache", "deterministic", "strict", "max_pixels", "force", "group_by", "folds", "refit")
+
+
+def _ignored_on_resume(given: dict) -> list[str]:
+    """The options given beside --resume that it does not take (anything but --epochs and DATA), as flags."""
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(train).parameters.items()}
+    names = [k for k in (*_CONFIG_FIELDS, "out") if k != "epochs" and given.get(k) != defaults.get(k)]
+    return ["--" + ("out" if k == "out" else k.replace("_", "-")) for k in names]
 
 
 def _is_rank0() -> bool:
