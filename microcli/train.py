@@ -170,9 +170,17 @@ def resolve_splits(cfg: TrainConfig) -> tuple[list[str], dict[str, list[Item]], 
         drawn = stratified_group_split(splits.pop("all", None) or splits["train"], val=cfg.val_split, seed=cfg.seed)
         splits["train"], splits["val"] = drawn.train, drawn.val
         warnings = list(drawn.warnings)  # they name the classes a drawn split cannot hold out
-    elif absent("val") and splits["val"]:
-        warnings.append(f"{cfg.data}: the val part has no image of class(es) {absent('val')}: validation "
-                        "macro-F1, which picks best.pt and stops early, cannot see it")
+    else:
+        if absent("val") and splits["val"]:
+            warnings.append(f"{cfg.data}: the val part has no image of class(es) {absent('val')}: validation "
+                            "macro-F1, which picks best.pt and stops early, cannot see it")
+        trained = {it.group for it in splits["train"] if it.group}
+        for part in ("val", "test"):
+            shared = sorted({it.group for it in splits.get(part, []) if it.group in trained})
+            if shared:
+                warnings.append(f"{cfg.data}: {len(shared)} group(s) have images in both train and {part} (e.g. "
+                                f"{shared[0]!r}): {part} then holds specimens that training saw, and its figures "
+                                "overstate; `microcli split` keeps each group on one side")
     return found.classes, splits, found.source, warnings
 
 
@@ -222,6 +230,10 @@ def decode_splits(cfg: TrainConfig, classes: list[str], splits: dict[str, list[I
     data = TrainData(classes, decode(splits["train"], cache == "ram"), decode(splits["val"], True), held_out,
                      source, cache, why)
     unreadable = f"; {len(data.skipped)} unreadable image(s) skipped" if data.skipped else ""
+    lost = sorted({it.label for it in splits["val"]} - {it.label for it in data.val.items})
+    if lost:
+        on_event(Event("message", text=f"warning: every validation image of class(es) {', '.join(map(repr, lost))} "
+                                       "was unreadable: validation macro-F1 cannot see them"))
     on_event(Event("message", text=f"{len(classes)} classes, {len(data.train)} train / {len(data.val)} val images; "
                                    f"{spec.channels} channel(s); cache: {cache}{unreadable}"))
     return data

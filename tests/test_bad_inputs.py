@@ -816,3 +816,27 @@ def test_a_path_under_a_file_is_one_message_not_a_traceback(trained_run, tmp_pat
                                               f"{tmp_path / 'afile.txt'} is a file, not a folder\n")
     r = cli("export", trained_run, "-o", "/proc/m.onnx")  # a folder nobody may write in: the OS says why
     assert r.exit_code == 1 and r.stderr.startswith("error: /proc/") and not isinstance(r.exception, OSError)
+
+
+def test_a_given_split_with_a_specimen_on_both_sides_is_warned_about(tmp_path):
+    data = small_data(tmp_path / "data")
+    lines = ["path,label,group,split"]
+    for cls in ("lamellar", "porosity"):
+        for i, f in enumerate(sorted((data / cls).glob("*.png"))):
+            lines.append(f"{f},{cls},{cls}-g{i % 3},{'val' if i in (0, 5) else 'train'}")  # g0 and g2 on both sides
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    r = train(tmp_path / "m.csv", "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    assert (f"warning: {tmp_path / 'm.csv'}: 4 group(s) have images in both train and val (e.g. 'lamellar-g0'): val "
+            "then holds specimens that training saw") in flat(r.stderr)
+
+
+def test_a_class_whose_only_validation_image_is_unreadable_is_warned_about(tmp_path, truncated_png):
+    data = tmp_path / "data"
+    small_data(data / "train")
+    small_data(data / "val", n=1)
+    (data / "val" / "porosity" / "porosity_0000.png").write_bytes(truncated_png.read_bytes())
+    r = train(data, "-o", tmp_path / "run")
+    assert r.exit_code == 3, r.stderr
+    assert ("warning: every validation image of class(es) 'porosity' was unreadable: validation macro-F1 cannot see "
+            "them") in flat(r.stderr)
