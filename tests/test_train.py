@@ -261,6 +261,11 @@ def test_pretrained_state_dict_file_is_adapted_to_one_channel(tmp_path):
     assert skipped == ["fc.bias", "fc.weight"]
     torch.testing.assert_close(model.conv1.weight, tv.conv1.weight.sum(1, keepdim=True))
     torch.testing.assert_close(model.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")  # another network
+    with pytest.raises(CheckpointError, match=r"r34\.pth: 96 tensor\(s\) do not fit this ResNet \(e\.g\. "
+                                              r"layer1\.2\.conv1\.weight: not in this model\); are these the weights "
+                                              "of another network"):
+        load_pretrained(create_model("resnet18", 6, 1), "resnet18", str(tmp_path / "r34.pth"))
 
 
 def test_resnet18_trains_end_to_end_via_cli(tmp_path):

@@ -83,5 +83,11 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     missing = [k for k in own if k not in state and not k.startswith("fc.")]
     if missing:
         raise CheckpointError(f"{source}: not a {type(model).__name__} state_dict (missing {missing[:3]}...)")
+    foreign = [k for k in skipped if not k.startswith("fc.")]  # only the head may differ (another class count)
+    if foreign:
+        k = foreign[0]
+        seen = f"{tuple(skipped[k].shape)} in the file, {tuple(own[k].shape)} here" if k in own else "not in this model"
+        raise CheckpointError(f"{source}: {len(foreign)} tensor(s) do not fit this {type(model).__name__} (e.g. {k}: "
+                              f"{seen}); are these the weights of another network? Give --arch the one they are for")
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
     return skipped
