@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .data import Item, discover
 from .dataset import DecodedSet, decode_items
 from .html_report import write_cv_html
-from .errors import OutputExistsError, UsageError
+from .errors import DataError, OutputExistsError, UsageError
 from .engines import Predictor
 from .io import atomic_open
 from .metrics import confusion_report, fold_summary
@@ -77,6 +77,7 @@ def cross_validate(cfg: TrainConfig, *, resume: bool = False, on_event: Callback
     check_run_path(cfg.out, cfg.data)
     root = _open_root(Path(cfg.out), resume=resume, force=cfg.force, main=env.main)
     classes, items, held_out, source = _cv_items(cfg)
+    _refuse_single_group_classes(items)
     n_train = fold_train_size(len(items), cfg.folds, cfg.val_split)
     cfg, reasons = resolve_recipe(cfg, items, env, on_event, n_train=n_train)
     spec, input_reasons = resolve_input(cfg, items, None)
@@ -129,6 +130,19 @@ def _open_root(root: Path, *, resume: bool, force: bool, main: bool) -> Path:
         if main:
             clear_previous_run(root)
     return root
+
+
+def _refuse_single_group_classes(items: list[Item]) -> None:
+    """Before anything is read: a class of one group (one specimen, or one image) would leave the fold that
+    tests it with no training image of it."""
+    units: dict[str, set[str]] = {}
+    for it in items:
+        units.setdefault(it.label, set()).add(it.group or it.path)
+    lonely = sorted(c for c, u in units.items() if len(u) == 1)
+    if lonely:
+        raise DataError(f"class(es) {', '.join(map(repr, lonely))} have a single group (specimen) or image: the fold "
+                        "that tests it would have none to train on. Add images of a second specimen, or leave the "
+                        "class out of the cross-validation")
 
 
 def fold_train_size(n_images: int, folds: int, val_split: float) -> int:

@@ -148,3 +148,17 @@ def test_interrupted_cross_validation_resumes_at_its_fold(tmp_path):
     assert [int(x["epoch"]) for x in rows] == [1, 2, 3]  # resumed after epoch `fold2_epochs`, none twice
     assert fold2_epochs >= 1
     assert len(list(csv.DictReader(open(run / "cv_predictions.csv")))) == 192
+
+
+def test_a_class_of_a_single_specimen_is_refused_before_any_image_is_read(tmp_path):
+    from microcli.errors import DataError
+
+    rows = ["path,label,group"]
+    for cls, groups in (("lamellar", 3), ("porosity", 1)):
+        for i, f in enumerate(sorted((REPO / "sample_images" / cls).glob("*.png"))[:6]):
+            rows.append(f"{f},{cls},{cls}-{i % groups}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"class\(es\) 'porosity' have a single group \(specimen\) or image: the fold "
+                                        "that tests it would have none to train on"):
+        cross_validate(TrainConfig(data=str(tmp_path / "m.csv"), out=str(tmp_path / "cv"), arch="lenet", epochs=1,
+                                   img_size=32, workers=0, folds=3))
