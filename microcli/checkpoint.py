@@ -77,13 +77,10 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
 
 
 def resolve_model_path(model: str | Path) -> Path:
-    """A bundle file, or a run folder (its best.pt)."""
-    p = Path(model)
-    if p.is_dir():
-        p = p / "best.pt"
-    if not p.is_file():
-        raise CheckpointError(f"{model}: no such model file (give a .pt bundle or a run folder with best.pt)")
-    return p
+    """A bundle file, or a run folder (its best.pt): `modelfile.resolve_model_path`."""
+    from .modelfile import resolve_model_path as resolve
+
+    return resolve(model)
 
 
 def load_bundle(model: str | Path) -> Bundle:

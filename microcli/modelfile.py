@@ -101,6 +101,12 @@ def resolve_model_path(model: str | Path) -> Path:
     """A model file (bundle, .onnx, TorchScript), or a run folder (its best.pt)."""
     p = Path(model)
     if p.is_dir():
+        if not (p / "best.pt").is_file() and (p / "folds.csv").is_file():
+            where = "final/ (the --refit model) and fold-N/" if (p / "final" / "best.pt").is_file() else "fold-N/"
+            raise CheckpointError(f"{model}: is a cross-validation folder; its models are in {where}")
+        if not (p / "best.pt").is_file():
+            raise CheckpointError(f"{model}: a folder without best.pt (give a run folder, a .pt bundle, or an "
+                                  "exported .onnx or TorchScript file)")
         p = p / "best.pt"
     if not p.is_file():
         raise CheckpointError(f"{model}: no such model file (give a .pt bundle, an exported .onnx or TorchScript "

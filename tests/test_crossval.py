@@ -162,3 +162,15 @@ def test_a_class_of_a_single_specimen_is_refused_before_any_image_is_read(tmp_pa
                                         "that tests it would have none to train on"):
         cross_validate(TrainConfig(data=str(tmp_path / "m.csv"), out=str(tmp_path / "cv"), arch="lenet", epochs=1,
                                    img_size=32, workers=0, folds=3))
+
+
+def test_info_on_the_cross_validation_folder_points_to_its_models(cv_run, tmp_path):
+    r = runner.invoke(app, ["info", str(cv_run.run_dir)])
+    assert r.exit_code == 1
+    assert (f"error: {cv_run.run_dir}: is a cross-validation folder; its models are in final/ (the --refit model) and "
+            "fold-N/") in " ".join(r.stderr.split())
+    r = runner.invoke(app, ["info", str(cv_run.run_dir / "final"), "--format", "json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["resumable"] is True  # RUN/last.pt is there
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, ["info", str(tmp_path / "empty")])
+    assert r.exit_code == 1 and f"{tmp_path / 'empty'}: a folder without best.pt" in r.stderr

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,7 +29,7 @@ def info(
         "classes": b.classes, "input": b.input.to_dict(),
         "preprocess": str(b.input.get_pipeline()) or None, "data": b.data_summary, "metrics": b.metrics,
         "train_config": b.train_config, "versions": b.versions,
-        "resumable": b.resumable,
+        "resumable": b.resumable or (Path(model).is_dir() and (Path(model) / "last.pt").is_file()),
     }
     if b.export:
         data["export"] = b.export
@@ -52,7 +53,8 @@ def info(
             ("training data", ", ".join(f"{k}={v}" for k, v in b.data_summary.items() if k != "train_per_class")),
             ("metrics", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.metrics.items())),
             ("versions", ", ".join(f"{k} {v}" for k, v in b.versions.items())),
-            ("resumable (last.pt)", "yes" if data["resumable"] else "no")]
+            ("resumable (last.pt)", ("yes" + (" (RUN/last.pt)" if not b.resumable else "")) if data["resumable"]
+             else "no")]
     if b.export:  # an exported file: how it was made replaces "resumable"
         e, check = b.export, b.export.get("check", {})
         how = f"{e.get('format')} by {e.get('exporter')}" + (f", opset {e['opset']}" if "opset" in e else "")
