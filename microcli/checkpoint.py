@@ -103,6 +103,11 @@ def load_bundle(model: str | Path) -> Bundle:
     if kind:
         raise CheckpointError(f"{path}: an exported {kind} model; this needs a microcli .pt bundle (a run's "
                               "best.pt), from which the export was made")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if "rdf.yaml" in zf.namelist():
+                raise CheckpointError(f"{path}: a bioimage.io package, for bioimage.io tools (deepImageJ, ilastik...); "
+                                      "microcli reads the .pt bundle it was exported from (a run's best.pt)")
     if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: a damaged model file: a zip archive without its directory (a copy cut "
                               "short?)")

@@ -187,6 +187,13 @@ def bioimageio_zip(trained_run, tmp_path_factory):
     return out
 
 
+def test_a_bioimageio_package_given_as_a_model_is_named_as_such(bioimageio_zip):
+    r = runner.invoke(app, ["info", str(bioimageio_zip)])
+    assert r.exit_code == 1
+    assert (f"error: {bioimageio_zip}: a bioimage.io package, for bioimage.io tools (deepImageJ, ilastik...); "
+            "microcli reads the .pt bundle it was exported from") in " ".join(r.stderr.split())
+
+
 @needs_onnx
 def test_bioimageio_package_holds_checked_weights_test_tensors_and_a_cover(trained_run, bioimageio_zip):
     from PIL import Image
