@@ -138,6 +138,7 @@ def test_interrupted_cross_validation_resumes_at_its_fold(tmp_path):
     rest = p.stderr.read()
     assert p.wait(timeout=120) == 130, "".join(seen) + rest
     assert f"microcli train --resume {run}" in rest
+    assert "cv_report" not in rest and not (run / "cv_report.json").exists()  # none promised, none written
     assert (run / "fold-1" / "oof.json").is_file() and not (run / "fold-2" / "oof.json").exists()
     fold2_epochs = load_bundle(run / "fold-2" / "last.pt").training_state["epoch"]
 

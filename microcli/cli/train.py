@@ -273,5 +273,5 @@ def _render_cv(result) -> None:
         err.print(fold_summary_text(result.report))
     if result.refit is not None:
         err.print(f"final model (all data, {result.refit.best_epoch} epochs): {result.refit.run_dir / 'best.pt'}")
-    err.print(f"run folder: {result.run_dir}  (cv_report.html/.json/.txt, cv_predictions.csv, fold-1 ... "
-              f"fold-{len(result.folds)})")
+    reports = "cv_report.html/.json/.txt, cv_predictions.csv, " if result.report is not None else ""
+    err.print(f"run folder: {result.run_dir}  ({reports}fold-1 ... fold-{len(result.folds)})")
