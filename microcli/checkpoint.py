@@ -99,15 +99,13 @@ def load_bundle(model: str | Path) -> Bundle:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     from .modelfile import sniff_kind  # modelfile imports this module's loader lazily, so no cycle
 
-    kind = {"onnx": "ONNX", "torchscript": "TorchScript"}.get(sniff_kind(path))
-    if kind:
-        raise CheckpointError(f"{path}: an exported {kind} model; this needs a microcli .pt bundle (a run's "
-                              "best.pt), from which the export was made")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            if "rdf.yaml" in zf.namelist():
-                raise CheckpointError(f"{path}: a bioimage.io package, for bioimage.io tools (deepImageJ, ilastik...); "
-                                      "microcli reads the .pt bundle it was exported from (a run's best.pt)")
+    kind = sniff_kind(path)
+    if kind == "bioimageio":
+        raise CheckpointError(f"{path}: a bioimage.io package, for bioimage.io tools (deepImageJ, ilastik...); "
+                              "microcli reads the .pt bundle it was exported from (a run's best.pt)")
+    if kind != "bundle":
+        raise CheckpointError(f"{path}: an exported {'ONNX' if kind == 'onnx' else 'TorchScript'} model; this needs "
+                              "a microcli .pt bundle (a run's best.pt), from which the export was made")
     if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: a damaged model file: a zip archive without its directory (a copy cut "
                               "short?)")

@@ -115,9 +115,10 @@ def resolve_model_path(model: str | Path) -> Path:
 
 
 def sniff_kind(path: str | Path) -> str:
-    """'bundle', 'torchscript' or 'onnx', from the file's content (not its name).
+    """'bundle', 'torchscript', 'onnx' or 'bioimageio', from the file's content (not its name).
 
-    torch.save and torch.jit.save both write zip archives; only TorchScript's has a code/ folder.
+    torch.save and torch.jit.save both write zip archives; only TorchScript's has a code/ folder, and a
+    bioimage.io package (also a zip) has an rdf.yaml at its top.
     Anything that is not a zip is taken for ONNX (a protobuf has no magic number) when it ends in .onnx
     or starts like a ModelProto (field 1, ir_version, as a varint: byte 0x08); everything else goes to
     the bundle loader, which says what is wrong with it.
@@ -129,6 +130,8 @@ def sniff_kind(path: str | Path) -> str:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError):
             return "bundle"
+        if "rdf.yaml" in names:
+            return "bioimageio"
         return "torchscript" if any("/code/" in n or n.endswith("constants.pkl") for n in names) else "bundle"
     with open(path, "rb") as fh:
         head = fh.read(1)

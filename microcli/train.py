@@ -438,14 +438,14 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, on_event: Callback | 
     env = Runtime.setup(cfg)
     run = RunFolder.open(cfg.out, resume=resume, force=cfg.force, main=env.main)
     previous = run.load_last() if resume else None
-    done = (previous.training_state or {}).get("epoch", 0) if previous is not None else 0
-    if previous is not None and cfg.epochs and cfg.time is None and done >= cfg.epochs:
-        raise UsageError(f"--resume {cfg.out}: the run has trained {done} epochs, and --epochs {cfg.epochs} asks for "
-                         f"no more; give --epochs above {done} to go on")
+    if previous is not None and cfg.epochs and cfg.time is None:
+        done = (previous.training_state or {}).get("epoch", 0)
+        if done >= cfg.epochs:
+            raise UsageError(f"--resume {cfg.out}: the run has trained {done} epochs, and --epochs {cfg.epochs} asks "
+                             f"for no more; give --epochs above {done} to go on")
     classes, splits, source, warnings = resolve_splits(cfg)
-    if previous is not None and (run.path / "split.csv").is_file():
-        splits, kept_warnings = _resumed_splits(run.path / "split.csv", splits, cfg.data)
-        warnings += kept_warnings
+    if previous is not None and (run.path / "split.csv").is_file():  # the drawn split and its warnings go unused
+        splits, warnings = _resumed_splits(run.path / "split.csv", splits, cfg.data)
     for w in warnings:
         on_event(Event("message", text=f"warning: {w}"))
     if previous is not None and previous.classes != classes:

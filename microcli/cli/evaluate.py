@@ -95,11 +95,11 @@ def evaluate(
         for message in result.warnings:
             warn(message)
         check_output_files(files, force=True, protected=result.paths + [p for p, _ in result.failures])
-        writers = {"json": json_file, "per_class": csv_file, "confusion_csv": confusion_csv,
-                   "misclassified": misclassified, "plot": plot}
-        for kind, path in writers.items():
-            if path is not None:
-                REPORT_WRITERS[kind](path, report)
+        writers = {"--json": "json", "--csv": "per_class", "--confusion-csv": "confusion_csv",
+                   "--misclassified": "misclassified", "--plot": "plot"}  # --html: below
+        for option, kind in writers.items():
+            if files[option] is not None:
+                REPORT_WRITERS[kind](files[option], report)
         if html_file is not None:
             from ..html_report import write_html_report
 

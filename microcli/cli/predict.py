@@ -195,6 +195,9 @@ def _guard(sink, per_tile: Path | None):
     """The callback that hears each input before it is read: neither -o nor --per-tile may be one of them."""
     from ..outputs import check_output_files
 
+    if per_tile is None:
+        return sink.note_input
+
     def note(path: str) -> None:
         sink.note_input(path)
         check_output_files({"--per-tile": per_tile}, force=True, protected=[path])
