@@ -7,8 +7,9 @@ specimen. Every function here keeps each group on one side, also groups whose im
 
 scikit-learn's `StratifiedGroupKFold` makes the first assignment: it is the well-kept reference for
 balancing class proportions across folds of whole groups. It promises proportions, not coverage, so a
-deterministic repair step follows: it moves the smallest groups it can until every class that has
-enough groups is on every held-out side (or in every fold), and training keeps every class. What it
+deterministic repair step follows: it moves the smallest groups it can (or exchanges two, where groups
+holding several classes leave no single move) until every class that has enough groups is on every
+held-out side (or in every fold), and training keeps every class. What it
 cannot do is said in `warnings`, naming the class; no class is ever dropped.
 
 numpy and scikit-learn only (no torch), so `microcli split` starts fast.
@@ -159,6 +160,57 @@ def _repair(groups: _Groups, assign: np.ndarray, need: np.ndarray, pinned: np.nd
             return
 
 
+def _shortfall(have: np.ndarray, need: np.ndarray, weight: np.ndarray) -> int:
+    return int((np.maximum(need - have, 0) * weight).sum())
+
+
+def _settle(groups: _Groups, assign: np.ndarray, need: np.ndarray, pinned: np.ndarray,
+            weight: np.ndarray) -> None:
+    """`_repair`, then, while a need is still short, the one move or swap of two groups that lowers the
+    weighted shortfall most, and `_repair` again.
+
+    The greedy repair moves one group at a time and never takes a class's last group from its side, so
+    it stalls where only an exchange helps: specimens s0 {c0, c1}, s1 {c0}, s2 {c0, c1} with s0 in val
+    and s2 in test leave c1 out of train, although s0 -> train, s1 -> val keeps every class wherever it
+    is needed. `weight` (per bin) says which needs count more: a class missing from train is worse than
+    one missing from a held-out side, since no model can learn it. Ties go to the smallest groups moved,
+    then the lower indices. Every accepted step lowers the shortfall, so the loop ends."""
+    bins = need.shape[1]
+    member = groups.member.astype(int)
+    while True:
+        _repair(groups, assign, need, pinned)
+        have = _presence(groups, assign, bins)
+        cost = _shortfall(have, need, weight)
+        if cost == 0:
+            return
+        best = None
+        for c, b in np.argwhere(have < need):
+            in_b = np.flatnonzero((assign == b) & ~pinned)
+            for g in groups.of_class(c):
+                d = assign[g]
+                if d == b or pinned[g]:
+                    continue
+                # g moves d -> b, and each candidate h in b (or none) moves b -> d.
+                m_h = np.vstack([np.zeros((1, member.shape[1]), int), member[in_b]])
+                new_b = have[:, b] + member[g] - m_h
+                new_d = have[:, d] - member[g] + m_h
+                rest = cost - _shortfall(have[:, [b, d]], need[:, [b, d]], weight[[b, d]])
+                after = (rest + (np.maximum(need[:, b] - new_b, 0) * weight[b]).sum(1)
+                         + (np.maximum(need[:, d] - new_d, 0) * weight[d]).sum(1))
+                sizes = groups.sizes[g] + np.concatenate([[0], groups.sizes[in_b]])
+                hs = np.concatenate([[-1], in_b])
+                for i in np.lexsort((hs, sizes, after))[:1]:
+                    key = (int(after[i]), int(sizes[i]), int(g), int(hs[i]))
+                    if after[i] < cost and (best is None or key < best[0]):
+                        best = (key, g, b, int(hs[i]), d)
+        if best is None:
+            return
+        _, g, b, h, d = best
+        assign[g] = b
+        if h >= 0:
+            assign[h] = d
+
+
 def _check_fractions(val: float, test: float) -> None:
     for name, f in (("val", val), ("test", test)):
         if not 0 <= f < 1:
@@ -224,7 +276,8 @@ def _split_sides(items: Sequence[Item], *, val: float, test: float, seed: int) -
                             "test; val has none of it")
         else:
             need[c, held_out] = 1
-    _repair(groups, assign, need, pinned)
+    # Training must see every class it can; that outweighs any number of held-out gaps.
+    _settle(groups, assign, need, pinned, np.array([int(need.sum()) + 1, 1, 1]))
     have = _presence(groups, assign, 3)
     for c, s in np.argwhere(have < need):
         messages.append(f"class {groups.classes[c]!r} has no {groups.unit[:-1]} in {SIDES[s]}: none could be moved "
@@ -271,7 +324,8 @@ def stratified_group_split(items: Sequence[Item], *, val: float = 0.2, test: flo
     The first assignment comes from ``StratifiedGroupKFold(shuffle=True, random_state=seed)`` over
     ``n`` folds, of which whole folds go to test and to val so that their shares come nearest to the
     fractions (0.2 -> 1 fold of 5, 0.3 -> 3 of 10). The repair then moves the smallest groups, and only
-    as many as the rules need.
+    as many as the rules need; where no single move helps, it exchanges two groups. A class missing from
+    train weighs more than any gap in val or test.
     """
     sides, messages = _split_sides(items, val=val, test=test, seed=seed)
     parts = [[it for it, s in zip(items, sides) if s == side] for side in range(3)]
@@ -327,7 +381,7 @@ def stratified_group_kfold(items: Sequence[Item], *, k: int = 5, seed: int = 0) 
             extra = sorted(np.flatnonzero(have[c] == 0), key=lambda f: (fold_sizes[f], f))
             need[c, have[c] > 0] = 1
             need[c, extra[: n_c - int((have[c] > 0).sum())]] = 1
-    _repair(groups, assign, need, np.zeros(n_groups, dtype=bool))
+    _settle(groups, assign, need, np.zeros(n_groups, dtype=bool), np.ones(k, dtype=int))
     have = _presence(groups, assign, k)
     messages = []
     for c, name in enumerate(groups.classes):

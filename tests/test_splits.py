@@ -236,3 +236,32 @@ def test_invalid_group_by_regex_is_a_usage_error():
     with pytest.raises(UsageError, match=r"--group-by '\(s\\d\+' is not a valid regular expression"):
         groups_from_names(NAMES, r"(s\d+")
     assert UsageError.exit_code == 2
+
+
+def _specimens(spec: list[tuple[str, str, int]]) -> list[Item]:
+    """Items from (specimen, class, images) rows: a specimen may hold several classes."""
+    return [Item(f"{g}/{c}_{j}.png", c, g) for g, c, n in spec for j in range(n)]
+
+
+def test_a_class_in_shared_specimens_is_trained_on_where_an_exchange_of_specimens_allows_it():
+    # c1 lives only in s0 and s2, which also hold c0. The first assignment put s0 in val and s2 in test;
+    # a single move of either would take c0's last group from that side, so c1 used to get no training
+    # image. Swapping s0 with s1 keeps every class on every side it needs.
+    items = _specimens([("s0", "c0", 2), ("s0", "c1", 1), ("s1", "c0", 1), ("s2", "c1", 1), ("s2", "c0", 3)])
+    r = stratified_group_split(items, val=0.3, test=0.3, seed=5)
+    assert groups_of(r.train, "c1") and groups_of(r.test, "c1")
+    assert groups_of(r.train, "c0") and groups_of(r.val, "c0") and groups_of(r.test, "c0")
+    assert not [w for w in r.warnings if "no group in" in w], r.warnings
+
+
+@pytest.mark.parametrize(("val", "test"), [(0.3, 0.3), (0.2, 0.2)])
+def test_every_class_with_two_specimens_or_more_is_trained_on_when_specimens_hold_several_classes(val, test):
+    rng = np.random.default_rng(7)
+    for trial in range(150):
+        spec = [(f"s{g}", f"c{c}", int(rng.integers(1, 4)))
+                for g in range(int(rng.integers(3, 7)))
+                for c in rng.choice(3, int(rng.integers(1, 4)), replace=False)]
+        items = _specimens(spec)
+        r = stratified_group_split(items, val=val, test=test, seed=trial % 10)
+        for label in {it.label for it in items}:
+            assert groups_of(r.train, label), (trial, label, spec, r.warnings)
