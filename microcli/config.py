@@ -57,6 +57,10 @@ class TrainConfig:
         1/sqrt(class size) or 1/class size); 'auto': sqrt past a 3:1 imbalance.
     ema : bool, default True
         Validate and save an exponential moving average of the weights (about one epoch's horizon).
+    calibrate : bool, default True
+        After training, fit a temperature on the validation images (`microcli.metrics.fit_temperature`)
+        and fold it into best.pt's output layer, so that its softmax confidences match its accuracy.
+        Predictions do not change. A refit after cross-validation takes the folds' geometric mean.
     patience : int, default 10
         Early stop after this many epochs without a better validation macro-F1, never before half the
         planned epochs (0: never).
@@ -129,6 +133,7 @@ class TrainConfig:
     class_weights: ClassWeights = ClassWeights.none
     sampler: Sampler = Sampler.auto
     ema: bool = True
+    calibrate: bool = True
     patience: int = 10
     val_split: float = 0.2
     seed: int = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_bundle, versions
+from .checkpoint import load_bundle, save_bundle, versions
 from .config import TrainConfig
 from .data import Item, discover
 from .dataset import DecodedSet, decode_items
@@ -31,7 +31,7 @@ from .report import report_text, write_json
 from .runfolder import RunFolder, check_run_path, clear_previous_run
 from .splits import groups_from_names, stratified_group_kfold, stratified_group_split
 from .train import (Callback, Event, Runtime, TrainData, TrainResult, _ignore, resolve_input, resolve_recipe,
-                    train_decoded)
+                    train_decoded, with_temperature)
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
@@ -271,4 +271,13 @@ def _refit(cfg, decoded, classes, source, cache, root, env, folds, reasons, on_e
     empty = decoded.subset([])
     data = TrainData(classes, decoded, empty, {}, source, cache)
     final_cfg = replace(cfg, out=str(final_dir), folds=0, refit=False, force=True, epochs=epochs, patience=0, time=None)
-    return train_decoded(final_cfg, data, run, env, reasons=reasons, final=True, on_event=on_event)
+    result = train_decoded(final_cfg, data, run, env, reasons=reasons, final=True, on_event=on_event)
+    temps = [load_bundle(root / f"fold-{k}" / "best.pt").metrics.get("temperature") for k in range(1, len(folds) + 1)]
+    if cfg.calibrate and env.main and run.has_best and temps and None not in temps:
+        # No image is left to fit a temperature on; the same recipe gave the folds theirs.
+        t = float(np.exp(np.mean(np.log(temps))))
+        save_bundle(with_temperature(load_bundle(final_dir / "best.pt"), t), final_dir / "best.pt")
+        on_event(Event("message", text=f"calibrated final/best.pt: temperature {t:.2f}, the geometric mean of the "
+                                       f"folds' ({', '.join(f'{v:.2f}' for v in temps)})"))
+        result = replace(result, temperature=t)
+    return result

@@ -40,6 +40,65 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int 
     return float(ece)
 
 
+def softmax_of_views(logits: np.ndarray, owner: np.ndarray, n: int, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / temperature) of each network input, averaged over the inputs of each image
+    (`owner[i]`: the image of input i), as every command combines an image's views."""
+    z = np.asarray(logits, np.float64) / temperature
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    out = np.zeros((n, p.shape[1]))
+    np.add.at(out, owner, p)
+    return out / np.bincount(owner, minlength=n)[:, None]
+
+
+# Temperatures searched. Below 1/4 the search only sharpens a model that is already right on (nearly) every
+# validation image, where the log loss keeps falling as the temperature falls and says nothing of the
+# errors still to come; above 10 the softmax is near uniform for any network this tool trains.
+TEMPERATURE_RANGE = (0.25, 10.0)
+
+
+def fit_temperature(logits: np.ndarray, y: Sequence[int], owner: Sequence[int] | None = None) -> float:
+    """The temperature that makes a network's confidences honest: the T > 0 minimising the mean log loss
+    of softmax(logits / T) over held-out images (temperature scaling, Guo et al. 2017).
+
+    Parameters
+    ----------
+    logits : array, shape (V, K)
+        Network outputs for V inputs.
+    y : sequence of int, length N
+        True class of each image.
+    owner : sequence of int, length V, optional
+        The image of each input, when an image has several (tiles); their softmax outputs are averaged,
+        as predict does. Default: one input per image.
+
+    Returns
+    -------
+    float
+        T in `TEMPERATURE_RANGE`; argmax, and so every prediction, is the same for any T.
+
+    Notes
+    -----
+    Label smoothing, weight averaging and strong augmentation (this tool's recipe) leave a network
+    under-confident: 99 % right with a mean confidence near 0.75. T < 1 sharpens it, T > 1 softens an
+    over-confident one. One scalar fitted on the validation images cannot over-fit them the way a model
+    can, but with few validation errors it is uncertain, hence the bounded search.
+    """
+    from scipy.optimize import minimize_scalar  # here: scipy.optimize costs 0.2 s to import
+
+    y = np.asarray(y)
+    if len(y) == 0:
+        raise ValueError("fit_temperature needs at least one held-out image")
+    owner = np.arange(len(y)) if owner is None else np.asarray(owner)
+
+    def log_loss(log_t: float) -> float:
+        p = softmax_of_views(logits, owner, len(y), float(np.exp(log_t)))
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1)).mean())
+
+    lo, hi = np.log(TEMPERATURE_RANGE)
+    res = minimize_scalar(log_loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-3})
+    return float(np.exp(res.x))
+
+
 def _batch_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy, balanced accuracy and macro F1 of a stack of confusion matrices (B, K, K), rows true.
     Same conventions as `confusion_report`: 0/0 is 0, averages over the classes present in each matrix."""

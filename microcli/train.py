@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import AugmentConfig, augment
-from .checkpoint import Bundle, load_bundle, versions
+from .checkpoint import Bundle, load_bundle, save_bundle, versions
 from .config import Resolved, TrainConfig
 from .data import Item, discover, read_split_csv
 from .dataset import DecodedSet, Source, choose_cache, decode_items
@@ -34,7 +34,7 @@ from .errors import DataError, UsageError
 from .engines import Predictor, Views, average_views, network_views
 from .inference import model_logits, normalize, pick_device, pick_dtype, set_threads
 from .inputs import CROP_WHOLE, InputSpec, detect_channels
-from .metrics import confusion_report
+from .metrics import confusion_report, fit_temperature, softmax_of_views
 from .models import create_model, get_model_info, load_pretrained
 from .options import Fit
 from .parallel import auto_workers
@@ -84,6 +84,7 @@ class TrainResult:
     stopped_early: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)
     resume_command: str = ""
+    temperature: float | None = None  # folded into best.pt's output layer (None: not calibrated)
 
 
 # --- the runtime: device, precision, processes -------------------------------------------------------------
@@ -531,15 +532,18 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
         interrupted, stopped_early = _run_epochs(cfg, loop, state, run, env, bundle, on_event)
     finally:
         source.close()
-    report = None
+    report = temperature = None
     if env.main and state.rows:
         run.write_curves(state.rows)
         if run.has_best and len(data.val):
+            if cfg.calibrate:
+                temperature = calibrate(run.path / "best.pt", views, y_val, env, on_event)
             report = final_report(run.path, data.val.items)
     if env.world > 1:
         dist.barrier()
     return TrainResult(run.path, state.stopper.best_epoch, state.stopper.best_score, state.rows, report,
-                       interrupted, stopped_early, data.skipped, f"microcli train --resume {shlex.quote(str(run.path))}")
+                       interrupted, stopped_early, data.skipped, f"microcli train --resume {shlex.quote(str(run.path))}",
+                       temperature)
 
 
 @dataclass(frozen=True)
@@ -743,6 +747,42 @@ def validate(model: nn.Module, views: Views, y_val: list[int], spec: InputSpec,
     full = average_views(np.concatenate([done[i] for i in range(len(batches))]), views.owner, len(y_val))
     y = np.asarray(y_val)
     return full, float(-np.log(np.clip(full[np.arange(len(y)), y], 1e-15, 1)).mean())
+
+
+def calibrate(path: Path, views: Views, y_val: list[int], env: Runtime, on_event: Callback = _ignore) -> float:
+    """Fit a temperature on the validation images (`fit_temperature`, over the same views and averaging
+    as validation) and fold it into the output layer of the model file at `path`; returns it.
+
+    Folding it into the weights, rather than keeping it beside them, means that evaluate, predict,
+    explain and every export (ONNX, TorchScript, bioimage.io) give the calibrated softmax with no change
+    of their own, and that argmax, so every prediction, stays as it was."""
+    bundle = load_bundle(path)
+    if "temperature" in bundle.metrics:  # calibrated before (a resumed run whose best.pt stayed): start raw
+        bundle = with_temperature(bundle, 1 / float(bundle.metrics["temperature"]))
+    model = bundle.build_model().to(env.device)
+    with torch.inference_mode():
+        logits = np.concatenate([
+            model_logits(model, torch.from_numpy(x), bundle.input, env.device, env.amp_dtype, True).cpu().numpy()
+            for x, _, _ in views.batches(256, side=bundle.input.img_size)])
+    t = fit_temperature(logits, y_val, views.owner)
+    before, after = (-np.log(np.clip(softmax_of_views(logits, views.owner, len(y_val), temp)[
+        np.arange(len(y_val)), y_val], 1e-15, 1)).mean() for temp in (1.0, t))
+    save_bundle(with_temperature(bundle, t), path)
+    on_event(Event("message", text=f"calibrated best.pt: temperature {t:.2f}, validation log loss {before:.3f} -> "
+                                   f"{after:.3f} (predictions unchanged; --no-calibrate keeps the raw softmax)"))
+    return t
+
+
+def with_temperature(bundle: Bundle, t: float) -> Bundle:
+    """The bundle with its output layer's weights and bias divided by `t`: logits / t, and the product of
+    every temperature folded in so far in ``metrics["temperature"]`` (1/T undoes T)."""
+    model = create_model(bundle.arch, len(bundle.classes), bundle.input.channels)
+    head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    sd = dict(bundle.state_dict)
+    for key in (f"{head}.weight", f"{head}.bias"):
+        sd[key] = sd[key] / t
+    metrics = {**bundle.metrics, "temperature": float(bundle.metrics.get("temperature", 1.0)) * t}
+    return dataclasses.replace(bundle, state_dict=sd, metrics=metrics)
 
 
 def final_report(run: Path, val_items: list[Item]) -> dict:

@@ -89,6 +89,13 @@ def test_refit_trains_one_final_model_on_all_images(cv_run):
     assert cv_run.refit.best_epoch == final.metrics["epoch"] >= 1
 
 
+def test_each_fold_is_calibrated_on_its_validation_and_the_refit_takes_their_geometric_mean(cv_run):
+    temps = [load_bundle(cv_run.run_dir / f"fold-{k}" / "best.pt").metrics["temperature"] for k in (1, 2, 3)]
+    assert [f.temperature for f in cv_run.folds] == pytest.approx(temps)
+    final = load_bundle(cv_run.run_dir / "final" / "best.pt").metrics["temperature"]
+    assert final == pytest.approx((temps[0] * temps[1] * temps[2]) ** (1 / 3)) == cv_run.refit.temperature
+
+
 class _Announced(Exception):
     pass
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from microcli.checkpoint import load_bundle
 from microcli.cli.app import app
-from microcli.metrics import confusion_report, expected_calibration_error
+from microcli.metrics import (TEMPERATURE_RANGE, confusion_report, expected_calibration_error, fit_temperature,
+                              softmax_of_views)
 
 from .conftest import REPO
 
@@ -192,3 +193,34 @@ def test_a_class_folder_spelt_in_decomposed_unicode_is_the_same_class(tmp_path):
                             "--workers", "0"])
     assert r.exit_code == 0 and "excluded" not in r.stderr
     assert json.loads(r.stdout)["overall"]["images"] == 12
+
+
+# --- temperature scaling --------------------------------------------------------------------------------
+
+def _labels_from(probs: np.ndarray, rng) -> np.ndarray:
+    return (rng.random(len(probs))[:, None] > np.cumsum(probs, 1)).sum(1)
+
+
+@pytest.mark.parametrize("true_t", [0.5, 2.0])
+def test_fit_temperature_recovers_the_temperature_that_drew_the_labels(true_t):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (20_000, 4))
+    y = _labels_from(softmax_of_views(logits, np.arange(len(logits)), len(logits), true_t), rng)
+    assert fit_temperature(logits, y) == pytest.approx(true_t, rel=0.05)
+
+
+def test_fit_temperature_averages_an_images_views_as_predict_does():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (2 * 10_000, 3))  # two tiles per image
+    owner = np.repeat(np.arange(10_000), 2)
+    y = _labels_from(softmax_of_views(logits, owner, 10_000, 1.5), rng)
+    assert fit_temperature(logits, y, owner) == pytest.approx(1.5, rel=0.05)
+
+
+def test_fit_temperature_stops_at_its_floor_when_every_validation_image_is_right():
+    # Log loss keeps falling as T falls when nothing is wrong: the bounded search stops at the floor rather
+    # than make the model certain of everything.
+    logits = np.array([[4.0, 0.0], [0.0, 4.0]] * 20)
+    assert fit_temperature(logits, [0, 1] * 20) == pytest.approx(TEMPERATURE_RANGE[0], rel=1e-2)
+    with pytest.raises(ValueError, match="at least one held-out image"):
+        fit_temperature(np.zeros((0, 2)), [])

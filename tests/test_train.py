@@ -20,8 +20,9 @@ from microcli.cli.app import app
 from microcli.errors import CheckpointError, DataError, OutputExistsError
 from microcli.engines import network_views
 from microcli.inference import Predictor
+from microcli.metrics import TEMPERATURE_RANGE
 from microcli.models import REGISTRY, create_model
-from microcli.train import TrainConfig, train_model as fit
+from microcli.train import TrainConfig, train_model as fit, with_temperature
 
 from .conftest import REPO, free_port
 
@@ -80,6 +81,65 @@ def test_bundle_loads_with_weights_only_and_gives_the_same_logits(lenet_run):
         direct = model((x - mean) / std)
     got = Predictor(bundle, precision="fp32").logits(x)
     torch.testing.assert_close(got, direct, rtol=1e-4, atol=1e-4)
+
+
+def _val_items(run: Path):
+    from microcli.data import Item
+
+    return [Item(r["path"], r["label"]) for r in csv.DictReader(open(run / "split.csv")) if r["split"] == "val"]
+
+
+def test_best_pt_is_calibrated_on_validation_and_no_prediction_changes(lenet_run):
+    from microcli.evaluate import evaluate_items
+
+    calibrated = load_bundle(lenet_run.run_dir / "best.pt")
+    t = calibrated.metrics["temperature"]
+    assert TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1] and t == lenet_run.temperature
+    raw = with_temperature(calibrated, 1 / t)  # the network as training left it
+    items = _val_items(lenet_run.run_dir)
+    got, before = (evaluate_items(Predictor(b), items, workers=0) for b in (calibrated, raw))  # as final_report
+    assert (got.probs.argmax(1) == before.probs.argmax(1)).all()
+    assert got.report["overall"]["log_loss"] < before.report["overall"]["log_loss"]
+    assert lenet_run.report["overall"]["log_loss"] == pytest.approx(got.report["overall"]["log_loss"], abs=1e-4)
+
+
+def test_calibrating_again_fits_the_raw_network_not_the_calibrated_one(lenet_run, tmp_path):
+    # A resumed run whose best.pt stayed the best calibrates that file a second time.
+    from microcli.inputs import prepare_array
+    from microcli.train import Runtime, calibrate
+
+    path = Path(shutil.copy(lenet_run.run_dir / "best.pt", tmp_path / "best.pt"))
+    bundle = load_bundle(path)
+    items = _val_items(lenet_run.run_dir)
+    views = network_views([prepare_array(it.path, bundle.input) for it in items], bundle.input)
+    y = [bundle.classes.index(it.label) for it in items]
+    env = Runtime(torch.device("cpu"), None)
+    first = calibrate(path, views, y, env)
+    second = calibrate(path, views, y, env)
+    assert second == pytest.approx(first, rel=1e-3)
+    assert load_bundle(path).metrics["temperature"] == pytest.approx(first, rel=1e-3)
+
+
+@pytest.mark.parametrize("arch", list(REGISTRY))
+def test_a_temperature_divides_every_registry_models_logits(arch, lenet_run):
+    from dataclasses import replace
+
+    from microcli.inputs import prepare_array
+
+    base = load_bundle(lenet_run.run_dir / "best.pt")
+    bundle = replace(base, arch=arch, state_dict=create_model(arch, len(base.classes), 1).state_dict())
+    files = sorted(SAMPLE.glob("*/*.png"))[:4]
+    x = torch.from_numpy(network_views([prepare_array(str(f), bundle.input) for f in files], bundle.input).groups[0][0])
+    plain, hotter = (Predictor(b, precision="fp32").logits(x) for b in (bundle, with_temperature(bundle, 2.5)))
+    torch.testing.assert_close(hotter, plain / 2.5, rtol=1e-4, atol=1e-5)
+
+
+def test_no_calibrate_keeps_the_raw_softmax(tmp_path):
+    r = runner.invoke(app, ["train", str(SAMPLE), "-o", str(tmp_path / "run"), "--arch", "lenet", "--epochs", "1",
+                            "--img-size", "48", "--workers", "0", "--no-calibrate"])
+    assert r.exit_code == 0, r.stderr
+    assert "calibrated" not in r.stderr
+    assert "temperature" not in load_bundle(tmp_path / "run" / "best.pt").metrics
 
 
 def test_split_csv_has_every_image_once(lenet_run):

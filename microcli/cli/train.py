@@ -69,6 +69,9 @@ _ClassWeightsOpt = _opt(ClassWeights, "--class-weights", panel=_S, help="Loss we
 _SamplerOpt = _opt(Sampler, "--sampler", panel=_S, help="How images are drawn: auto (sqrt past 3:1 imbalance), "
                                                         "uniform, sqrt (1/sqrt(class size)), balanced.")
 _EmaOpt = _opt(bool, "--ema/--no-ema", panel=_S, help="Validate and save a moving average of the weights.")
+_CalibrateOpt = _opt(bool, "--calibrate/--no-calibrate", panel=_S, help="Fit a temperature on the validation "
+                                                                        "images so that confidences match accuracy "
+                                                                        "(predictions unchanged).")
 _PatienceOpt = _opt(int, "--patience", panel=_S, min=0, help="Early stop after N epochs without a better validation "
                                                              "macro-F1, never before half the planned epochs (0: "
                                                              "never).")
@@ -103,6 +106,7 @@ def train(
     class_weights: _ClassWeightsOpt = ClassWeights.none,
     sampler: _SamplerOpt = Sampler.auto,
     ema: _EmaOpt = True,
+    calibrate: _CalibrateOpt = True,
     patience: _PatienceOpt = 10,
     val_split: _ValSplitOpt = 0.2,
     seed: _SeedOpt = 0,
@@ -187,8 +191,8 @@ def train(
 
 
 # The options that are TrainConfig fields of the same name (data and out are set apart).
-_CONFIG_FIELDS = ("arch", "epochs", "time", "batch_size", "sampler", "ema", "lr", "optimizer", "weight_decay",
-                  "warmup_epochs", "label_smoothing", "class_weights", "patience", "val_split", "seed", "img_size",
+_CONFIG_FIELDS = ("arch", "epochs", "time", "batch_size", "sampler", "ema", "calibrate", "lr", "optimizer",
+                  "weight_decay", "warmup_epochs", "label_smoothing", "class_weights", "patience", "val_split", "seed", "img_size",
                   "channels", "fit", "preprocess", "augment", "pretrained", "precision", "device", "workers",
                   "threads", "cache", "deterministic", "strict", "max_pixels", "force", "group_by", "folds", "refit")
 
