@@ -69,9 +69,10 @@ _ClassWeightsOpt = _opt(ClassWeights, "--class-weights", panel=_S, help="Loss we
 _SamplerOpt = _opt(Sampler, "--sampler", panel=_S, help="How images are drawn: auto (sqrt past 3:1 imbalance), "
                                                         "uniform, sqrt (1/sqrt(class size)), balanced.")
 _EmaOpt = _opt(bool, "--ema/--no-ema", panel=_S, help="Validate and save a moving average of the weights.")
-_CalibrateOpt = _opt(bool, "--calibrate/--no-calibrate", panel=_S, help="Fit a temperature on the validation "
-                                                                        "images so that confidences match accuracy "
-                                                                        "(predictions unchanged).")
+_CalibrateOpt = _opt(bool, "--calibrate/--no-calibrate", panel=_S, help="Sharpen the softmax by a temperature "
+                                                                        "fitted on the validation images, so that "
+                                                                        "confidences match accuracy (predictions "
+                                                                        "unchanged).")
 _PatienceOpt = _opt(int, "--patience", panel=_S, min=0, help="Early stop after N epochs without a better validation "
                                                              "macro-F1, never before half the planned epochs (0: "
                                                              "never).")
