@@ -15,8 +15,8 @@ majority class ("free", 71 % of the images) for reference. Figures: mean over fo
 Student-t interval (`microcli.metrics.fold_summary`); macro-F1 over the classes present in each fold.
 
 `--features defect` asks the other question: how far does a model of another family get on the grouped
-folds, the folds of `microcli train manifest.csv --folds 5`? It takes 101 values per image that a defect
-inspector would write by hand, at the image's native scale (about a minute and a half on 2 cores):
+folds, the folds of `microcli train manifest.csv --folds 5`? It takes 93 values per image that a defect
+inspector would write by hand, at the image's native scale (about two minutes on 2 cores):
 intensity percentiles after microcli's 1-99 % stretch; bright and dark blob responses (scale-normalised
 Laplacian of Gaussian at 4 scales) and residuals from the Gaussian background; Sato dark-ridge responses
 (cracks); Sobel edges; row and column profiles (broken edges); uniform LBP texture; size and aspect.
@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=32, help="side of the resized image in the features")
     ap.add_argument("--features", choices=["pixels", "defect"], default="pixels",
-                    help="pixels: the resized image + histogram; defect: 101 hand-made defect and texture values")
+                    help="pixels: the resized image + histogram; defect: 93 hand-made defect and texture values")
     args = ap.parse_args()
     manifest = DATA / "manifest.csv"
     if not manifest.is_file():
