@@ -61,7 +61,8 @@ class TrainConfig:
         After training, fit a temperature on the validation images (`microcli.metrics.fit_temperature`)
         and fold it into best.pt's output layer, so that its softmax confidences match its accuracy. It
         only sharpens (T in [0.25, 1]): the recipe leaves networks under-confident. Predictions do not
-        change. A refit after cross-validation takes the folds' geometric mean.
+        change. Skipped for fewer than 20 validation images and for models that evaluate images as
+        several tiles. A refit after cross-validation takes the folds' geometric mean.
     patience : int, default 10
         Early stop after this many epochs without a better validation macro-F1, never before half the
         planned epochs (0: never).

@@ -272,9 +272,14 @@ def _refit(cfg, decoded, classes, source, cache, root, env, folds, reasons, on_e
     data = TrainData(classes, decoded, empty, {}, source, cache)
     final_cfg = replace(cfg, out=str(final_dir), folds=0, refit=False, force=True, epochs=epochs, patience=0, time=None)
     result = train_decoded(final_cfg, data, run, env, reasons=reasons, final=True, on_event=on_event)
+    if not (cfg.calibrate and env.main and run.has_best):
+        return result
+    # No image is left to fit a temperature on; the same recipe gave the folds theirs.
     temps = [load_bundle(root / f"fold-{k}" / "best.pt").metrics.get("temperature") for k in range(1, len(folds) + 1)]
-    if cfg.calibrate and env.main and run.has_best and temps and None not in temps:
-        # No image is left to fit a temperature on; the same recipe gave the folds theirs.
+    if None in temps:
+        on_event(Event("message", text="final/best.pt not calibrated: not every fold's best.pt is (see each fold's "
+                                       "message)"))
+    else:
         t = float(np.exp(np.mean(np.log(temps))))
         save_bundle(with_temperature(load_bundle(final_dir / "best.pt"), t), final_dir / "best.pt")
         on_event(Event("message", text=f"calibrated final/best.pt: temperature {t:.2f}, the geometric mean of the "

@@ -78,7 +78,13 @@ def fit_temperature(logits: np.ndarray, y: Sequence[int], owner: Sequence[int] |
     Returns
     -------
     float
-        T in `TEMPERATURE_RANGE`; argmax, and so every prediction, is the same for any T.
+        T in `TEMPERATURE_RANGE`. The argmax of each input's logits is the same for any T; that of an
+        average over several inputs (tiles) is not.
+
+    Raises
+    ------
+    ValueError
+        No labels, lengths that do not fit, or non-finite logits.
 
     Notes
     -----
@@ -89,10 +95,15 @@ def fit_temperature(logits: np.ndarray, y: Sequence[int], owner: Sequence[int] |
     """
     from scipy.optimize import minimize_scalar  # here: scipy.optimize costs 0.2 s to import
 
-    y = np.asarray(y)
+    y, logits = np.asarray(y), np.asarray(logits)
     if len(y) == 0:
         raise ValueError("fit_temperature needs at least one held-out image")
     owner = np.arange(len(y)) if owner is None else np.asarray(owner)
+    if len(owner) != len(logits) or owner.max() >= len(y):
+        raise ValueError(f"fit_temperature: {len(logits)} rows of logits, {len(owner)} owners and {len(y)} labels "
+                         "do not fit together")
+    if not np.isfinite(logits).all():
+        raise ValueError("fit_temperature: the logits hold NaN or infinite values")
 
     def log_loss(log_t: float) -> float:
         p = softmax_of_views(logits, owner, len(y), float(np.exp(log_t)))

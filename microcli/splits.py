@@ -166,8 +166,8 @@ def _shortfall(have: np.ndarray, need: np.ndarray, weight: np.ndarray) -> int:
 
 def _settle(groups: _Groups, assign: np.ndarray, need: np.ndarray, pinned: np.ndarray,
             weight: np.ndarray) -> None:
-    """`_repair`, then, while a need is still short, the one move or swap of two groups that lowers the
-    weighted shortfall most, and `_repair` again.
+    """`_repair`, then, while a need is still short, the move or swap of two groups that lowers the
+    weighted shortfall most for the first shortfall that one can lower, and `_repair` again.
 
     The greedy repair moves one group at a time and never takes a class's last group from its side, so
     it stalls where only an exchange helps: specimens s0 {c0, c1}, s1 {c0}, s2 {c0, c1} with s0 in val
@@ -183,29 +183,33 @@ def _settle(groups: _Groups, assign: np.ndarray, need: np.ndarray, pinned: np.nd
         cost = _shortfall(have, need, weight)
         if cost == 0:
             return
-        best = None
-        for c, b in np.argwhere(have < need):
+        step = None
+        for c, b in np.argwhere(have < need):  # the first shortfall that some step lowers gets it
             in_b = np.flatnonzero((assign == b) & ~pinned)
+            hs = np.concatenate([[-1], in_b])  # -1: g moves alone
+            m_h = np.vstack([np.zeros((1, member.shape[1]), int), member[in_b]])
+            best = None
             for g in groups.of_class(c):
                 d = assign[g]
                 if d == b or pinned[g]:
                     continue
-                # g moves d -> b, and each candidate h in b (or none) moves b -> d.
-                m_h = np.vstack([np.zeros((1, member.shape[1]), int), member[in_b]])
+                # g moves d -> b, and the candidate h in b (or none) moves b -> d.
                 new_b = have[:, b] + member[g] - m_h
                 new_d = have[:, d] - member[g] + m_h
                 rest = cost - _shortfall(have[:, [b, d]], need[:, [b, d]], weight[[b, d]])
                 after = (rest + (np.maximum(need[:, b] - new_b, 0) * weight[b]).sum(1)
                          + (np.maximum(need[:, d] - new_d, 0) * weight[d]).sum(1))
                 sizes = groups.sizes[g] + np.concatenate([[0], groups.sizes[in_b]])
-                hs = np.concatenate([[-1], in_b])
-                for i in np.lexsort((hs, sizes, after))[:1]:
-                    key = (int(after[i]), int(sizes[i]), int(g), int(hs[i]))
-                    if after[i] < cost and (best is None or key < best[0]):
-                        best = (key, g, b, int(hs[i]), d)
-        if best is None:
+                i = np.lexsort((hs, sizes, after))[0]
+                key = (int(after[i]), int(sizes[i]), int(g), int(hs[i]))
+                if after[i] < cost and (best is None or key < best[0]):
+                    best = (key, g, int(hs[i]), d)
+            if best is not None:
+                step = (best[1], b, best[2], best[3])
+                break
+        if step is None:
             return
-        _, g, b, h, d = best
+        g, b, h, d = step
         assign[g] = b
         if h >= 0:
             assign[h] = d

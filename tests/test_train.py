@@ -134,6 +134,25 @@ def test_a_temperature_divides_every_registry_models_logits(arch, lenet_run):
     torch.testing.assert_close(hotter, plain / 2.5, rtol=1e-4, atol=1e-5)
 
 
+def test_tiled_models_and_tiny_validation_parts_are_left_uncalibrated_and_say_why(tmp_path):
+    # LeNet on 48 px crops of 96 px images evaluates four tiles an image: a temperature would change the
+    # class their averaged softmax favours. One validation image cannot fit a temperature.
+    r = runner.invoke(app, ["train", str(SAMPLE), "-o", str(tmp_path / "tiles"), "--arch", "lenet", "--epochs", "1",
+                            "--img-size", "48", "--fit", "crop", "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    assert "best.pt not calibrated: validation images are evaluated as several tiles each" in r.stderr
+    assert "temperature" not in load_bundle(tmp_path / "tiles" / "best.pt").metrics
+    files = sorted(SAMPLE.glob("*/*.png"))
+    rows = [("path", "label", "split")] + [(str(f), f.parent.name, "val" if i == 0 else "train")
+                                           for i, f in enumerate(files)]
+    with open(tmp_path / "one_val.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    r = runner.invoke(app, ["train", str(tmp_path / "one_val.csv"), "-o", str(tmp_path / "tiny"), "--arch", "lenet",
+                            "--epochs", "1", "--img-size", "48", "--fit", "squash", "--workers", "0"])
+    assert r.exit_code == 0, r.stderr
+    assert "best.pt not calibrated: 1 validation image, too few to fit a temperature (at least 20)" in r.stderr
+
+
 def test_no_calibrate_keeps_the_raw_softmax(tmp_path):
     r = runner.invoke(app, ["train", str(SAMPLE), "-o", str(tmp_path / "run"), "--arch", "lenet", "--epochs", "1",
                             "--img-size", "48", "--workers", "0", "--no-calibrate"])
