@@ -68,8 +68,24 @@ def _class_folders(root: Path) -> dict[str, list[Item]]:
     out = {}
     for name in classes:
         out[class_name(name)] = [Item(f.path, class_name(name)) for f in walk_images(root / name)]
+        _refuse_nested_outputs(root / name, {os.path.dirname(it.path) for it in out[class_name(name)]})
     _refuse_run_folders(p for items in out.values() for p in {os.path.dirname(it.path) for it in items})
     return out
+
+
+def _refuse_nested_outputs(class_dir: Path, folders: set[str]) -> None:
+    """`microcli preprocess DATA/cls -o DATA/cls/out` leaves filtered copies of the class's images inside it,
+    which would train and validate on two versions of one image (a leak across the split)."""
+    seen: set[str] = set()
+    top = os.path.normpath(class_dir)
+    for folder in sorted(folders):
+        while folder not in seen and os.path.normpath(folder) != top and len(folder) > len(top):
+            seen.add(folder)
+            if os.path.isfile(os.path.join(folder, "pipeline.json")):
+                raise DataError(f"{folder}: holds a pipeline.json, so it is the output of `microcli preprocess`, "
+                                f"inside the class folder {str(class_dir)!r}; its filtered copies would be read as "
+                                "more images of that class; move it out of the data set")
+            folder = os.path.dirname(folder)
 
 
 def _refuse_run_folders(folders) -> None:

@@ -183,6 +183,16 @@ def test_a_preprocess_output_inside_the_data_set_is_refused_rather_than_taken_fo
     assert {row["label"] for row in rows(tmp_path / "s.csv")} == {"equiaxed", "lamellar", "porosity"}
 
 
+def test_a_preprocess_output_inside_a_class_folder_is_refused_naming_it(data, tmp_path):
+    out = data / "equiaxed" / "runs" / "edges"
+    pre = runner.invoke(app, ["preprocess", str(data / "equiaxed"), "-o", str(out), "--op", "sobel", "--workers", "0"])
+    assert pre.exit_code == 0, pre.stderr
+    r = invoke(data, "-o", tmp_path / "s.csv")
+    assert r.exit_code == 1 and not (tmp_path / "s.csv").exists()
+    assert (f"error: {out}: holds a pipeline.json, so it is the output of `microcli preprocess`, inside the class "
+            f"folder '{data / 'equiaxed'}'") in flat(r.stderr)
+
+
 def test_one_file_reached_under_two_classes_through_a_symlink_is_refused(data, tmp_path):
     (data / "equiaxed" / "more").symlink_to(data / "lamellar", target_is_directory=True)
     r = invoke(data, "-o", tmp_path / "s.csv")
