@@ -16,11 +16,12 @@ Student-t interval (`microcli.metrics.fold_summary`); macro-F1 over the classes 
 
 `--features defect` asks the other question: how far does a model of another family get on the grouped
 folds, the folds of `microcli train manifest.csv --folds 5`? It takes 93 values per image that a defect
-inspector would write by hand, at the image's native scale (about two minutes on 2 cores):
-intensity percentiles after microcli's 1-99 % stretch; bright and dark blob responses (scale-normalised
-Laplacian of Gaussian at 4 scales) and residuals from the Gaussian background; Sato dark-ridge responses
-(cracks); Sobel edges; row and column profiles (broken edges); uniform LBP texture; size and aspect.
-The logistic regression then runs on them, standardised, without PCA.
+inspector would write by hand, at the image's native scale (about two minutes on 2 cores): size and
+aspect; the 1st and 99th intensity percentiles, mean and spread; then, on the image stretched between
+those percentiles (microcli's `stretch`), bright and dark blob responses (scale-normalised Laplacian of
+Gaussian at 4 scales) and residuals from the Gaussian background; Sato dark-ridge responses (cracks);
+Sobel edges; row and column profiles (broken edges); uniform LBP texture. The logistic regression then
+runs on them, standardised, without PCA.
 """
 
 from __future__ import annotations

@@ -60,9 +60,10 @@ class TrainConfig:
     calibrate : bool, default True
         After training, fit a temperature on the validation images (`microcli.metrics.fit_temperature`)
         and fold it into best.pt's output layer, so that its softmax confidences match its accuracy. It
-        only sharpens (T in [0.25, 1]): the recipe leaves networks under-confident. Predictions do not
-        change. Skipped for fewer than 20 validation images and for models that evaluate images as
-        several tiles. A refit after cross-validation takes the folds' geometric mean.
+        only sharpens (T in [0.25, 1]): the recipe leaves networks under-confident. An image seen in one
+        piece keeps its predicted class (averaged views, --tta or tiles, can tip a near tie). Skipped
+        for fewer than 20 validation images and when validation images are tiled. A refit after
+        cross-validation takes the folds' geometric mean.
     patience : int, default 10
         Early stop after this many epochs without a better validation macro-F1, never before half the
         planned epochs (0: never).

@@ -277,8 +277,8 @@ def _refit(cfg, decoded, classes, source, cache, root, env, folds, reasons, on_e
     # No image is left to fit a temperature on; the same recipe gave the folds theirs.
     temps = [load_bundle(root / f"fold-{k}" / "best.pt").metrics.get("temperature") for k in range(1, len(folds) + 1)]
     if None in temps:
-        on_event(Event("message", text="final/best.pt not calibrated: not every fold's best.pt is (see each fold's "
-                                       "message)"))
+        on_event(Event("message", text="final/best.pt not calibrated: some fold's best.pt is not (left uncalibrated, "
+                                       "or trained by a version without calibration)"))
     else:
         t = float(np.exp(np.mean(np.log(temps))))
         save_bundle(with_temperature(load_bundle(final_dir / "best.pt"), t), final_dir / "best.pt")

@@ -99,7 +99,7 @@ def fit_temperature(logits: np.ndarray, y: Sequence[int], owner: Sequence[int] |
     if len(y) == 0:
         raise ValueError("fit_temperature needs at least one held-out image")
     owner = np.arange(len(y)) if owner is None else np.asarray(owner)
-    if len(owner) != len(logits) or owner.max() >= len(y):
+    if len(owner) != len(logits) or not len(owner) or owner.max() >= len(y):
         raise ValueError(f"fit_temperature: {len(logits)} rows of logits, {len(owner)} owners and {len(y)} labels "
                          "do not fit together")
     if not np.isfinite(logits).all():

@@ -542,8 +542,8 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
     if env.world > 1:
         dist.barrier()
     return TrainResult(run.path, state.stopper.best_epoch, state.stopper.best_score, state.rows, report,
-                       interrupted, stopped_early, data.skipped, f"microcli train --resume {shlex.quote(str(run.path))}",
-                       temperature)
+                       interrupted, stopped_early, data.skipped,
+                       f"microcli train --resume {shlex.quote(str(run.path))}", temperature)
 
 
 @dataclass(frozen=True)
@@ -761,19 +761,20 @@ def calibrate(path: Path, views: Views, y_val: list[int], env: Runtime, on_event
     Folding it into the weights, rather than keeping it beside them, means that evaluate, predict,
     explain and every export (ONNX, TorchScript, bioimage.io) give the calibrated softmax with no change
     of their own. Dividing one input's logits by T keeps its argmax, so an image seen whole keeps its
-    prediction. An image seen as several tiles does not: their softmax outputs are averaged, and
-    sharpening lets the surer tiles weigh more, which can tip a near tie (3 of 192 images for a 3-epoch
-    LeNet on 48 px tiles) and part the validation report from the macro-F1 that chose best.pt. Such
-    models, and validation parts of fewer than `MIN_CALIBRATION_IMAGES` images, are left uncalibrated."""
+    prediction. An image seen as several tiles (or under --tta) need not: their softmax outputs are
+    averaged, and sharpening lets the surer views weigh more, which can tip a near tie (3 of 192 images
+    for a 3-epoch LeNet on 48 px tiles) and part the validation report from the macro-F1 that chose
+    best.pt. So a model whose validation images are tiled, and a validation part of fewer than
+    `MIN_CALIBRATION_IMAGES` images, are left uncalibrated."""
     bundle = load_bundle(path)
     if "temperature" in bundle.metrics:  # calibrated before (a resumed run whose best.pt stayed): start raw
-        bundle = with_temperature(bundle, 1 / float(bundle.metrics["temperature"]))
+        bundle = without_temperature(bundle)
         save_bundle(bundle, path)
-    skip = (f"{len(y_val)} validation image{'s' if len(y_val) != 1 else ''}, too few to fit a temperature (at least "
-            f"{MIN_CALIBRATION_IMAGES})"
-            if len(y_val) < MIN_CALIBRATION_IMAGES else
-            "validation images are evaluated as several tiles each, and a temperature would change which class "
-            "their averaged softmax favours" if len(views) > len(y_val) else None)
+    n = len(y_val)
+    skip = (f"only {n} validation image{'s' if n != 1 else ''}, and a temperature takes {MIN_CALIBRATION_IMAGES}"
+            if n < MIN_CALIBRATION_IMAGES else
+            "some validation images are evaluated as several tiles, and a temperature can change which class "
+            "their averaged softmax favours" if len(views) > n else None)
     if skip is None:
         model = bundle.build_model().to(env.device)
         with torch.inference_mode():
@@ -783,18 +784,25 @@ def calibrate(path: Path, views: Views, y_val: list[int], env: Runtime, on_event
         if not np.isfinite(logits).all():
             skip = "the network gives non-finite outputs on the validation images"
     if skip is not None:
-        on_event(Event("message", text=f"best.pt not calibrated: {skip} (its softmax is as training left it)"))
+        on_event(Event("message", text=f"best.pt not calibrated, its softmax is as training left it: {skip}"))
         return None
     t = fit_temperature(logits, y_val, views.owner)
-    before, after = (-np.log(np.clip(softmax_of_views(logits, views.owner, len(y_val), temp)[
-        np.arange(len(y_val)), y_val], 1e-15, 1)).mean() for temp in (1.0, t))
-    wrong = int((logits.argmax(1) != np.asarray(y_val)).sum())
-    bound = " (the lowest searched)" if t <= TEMPERATURE_RANGE[0] * 1.002 else " (none needed)" if t == 1.0 else ""
+    before, after = (-np.log(np.clip(softmax_of_views(logits, views.owner, n, temp)[np.arange(n), y_val], 1e-15, 1))
+                     .mean() for temp in (1.0, t))
+    wrong = int((logits.argmax(1) != np.asarray(y_val)[views.owner]).sum())  # views come grouped by shape
+    note = (", the lowest searched" if t <= TEMPERATURE_RANGE[0] * 1.002 else
+            ": it is not under-confident on these images, and calibration only sharpens" if t == 1.0 else "")
     save_bundle(with_temperature(bundle, t), path)
-    on_event(Event("message", text=f"calibrated best.pt: temperature {t:.2f}{bound}, fitted on {len(y_val)} validation "
-                                   f"images ({wrong} wrong): log loss {before:.3f} -> {after:.3f}; predictions "
-                                   "unchanged (--no-calibrate keeps the raw softmax)"))
+    on_event(Event("message", text=f"calibrated best.pt: temperature {t:.2f}{note}; fitted on {n} validation images "
+                                   f"({wrong} wrong), whose log loss went {before:.3f} -> {after:.3f}; no predicted "
+                                   "class changes (--no-calibrate keeps the raw softmax)"))
     return t
+
+
+def without_temperature(bundle: Bundle) -> Bundle:
+    """The bundle as training left it: a folded temperature undone and its record removed."""
+    raw = with_temperature(bundle, 1 / float(bundle.metrics["temperature"]))
+    return dataclasses.replace(raw, metrics={k: v for k, v in raw.metrics.items() if k != "temperature"})
 
 
 def with_temperature(bundle: Bundle, t: float) -> Bundle:

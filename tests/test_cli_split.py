@@ -184,9 +184,14 @@ def test_a_preprocess_output_inside_the_data_set_is_refused_rather_than_taken_fo
 
 
 def test_a_preprocess_output_inside_a_class_folder_is_refused_naming_it(data, tmp_path):
+    field = data / "equiaxed" / "field2"  # the class's images one folder down, so the copies are too
+    field.mkdir()
+    for f in sorted((data / "equiaxed").glob("*.png")):
+        f.rename(field / f.name)
     out = data / "equiaxed" / "runs" / "edges"
     pre = runner.invoke(app, ["preprocess", str(data / "equiaxed"), "-o", str(out), "--op", "sobel", "--workers", "0"])
     assert pre.exit_code == 0, pre.stderr
+    assert not list(out.glob("*.png")) and list((out / "field2").glob("*.png"))
     r = invoke(data, "-o", tmp_path / "s.csv")
     assert r.exit_code == 1 and not (tmp_path / "s.csv").exists()
     assert (f"error: {out}: holds a pipeline.json, so it is the output of `microcli preprocess`, inside the class "

@@ -71,8 +71,7 @@ _SamplerOpt = _opt(Sampler, "--sampler", panel=_S, help="How images are drawn: a
 _EmaOpt = _opt(bool, "--ema/--no-ema", panel=_S, help="Validate and save a moving average of the weights.")
 _CalibrateOpt = _opt(bool, "--calibrate/--no-calibrate", panel=_S, help="Sharpen the softmax by a temperature "
                                                                         "fitted on the validation images, so that "
-                                                                        "confidences match accuracy (predictions "
-                                                                        "unchanged).")
+                                                                        "confidences match accuracy.")
 _PatienceOpt = _opt(int, "--patience", panel=_S, min=0, help="Early stop after N epochs without a better validation "
                                                              "macro-F1, never before half the planned epochs (0: "
                                                              "never).")
@@ -193,9 +192,10 @@ def train(
 
 # The options that are TrainConfig fields of the same name (data and out are set apart).
 _CONFIG_FIELDS = ("arch", "epochs", "time", "batch_size", "sampler", "ema", "calibrate", "lr", "optimizer",
-                  "weight_decay", "warmup_epochs", "label_smoothing", "class_weights", "patience", "val_split", "seed", "img_size",
-                  "channels", "fit", "preprocess", "augment", "pretrained", "precision", "device", "workers",
-                  "threads", "cache", "deterministic", "strict", "max_pixels", "force", "group_by", "folds", "refit")
+                  "weight_decay", "warmup_epochs", "label_smoothing", "class_weights", "patience", "val_split", "seed",
+                  "img_size", "channels", "fit", "preprocess", "augment", "pretrained", "precision", "device",
+                  "workers", "threads", "cache", "deterministic", "strict", "max_pixels", "force", "group_by", "folds",
+                  "refit")
 
 
 def _ignored_on_resume(given: dict) -> list[str]:
