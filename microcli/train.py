@@ -537,7 +537,11 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
         run.write_curves(state.rows)
         if run.has_best and len(data.val):
             if cfg.calibrate:
-                temperature = calibrate(run.path / "best.pt", views, y_val, env, on_event)
+                try:  # an add-on: the run's model must not be lost to it, nor other ranks left at the barrier
+                    temperature = calibrate(run.path / "best.pt", views, y_val, env, on_event)
+                except (RuntimeError, ValueError, OSError) as exc:
+                    on_event(Event("message", text=f"best.pt not calibrated, its softmax is as training left it: "
+                                                   f"{type(exc).__name__}: {exc}"))
             report = final_report(run.path, data.val.items)
     if env.world > 1:
         dist.barrier()
