@@ -30,6 +30,7 @@ import numpy as np
 from . import __version__
 from .errors import NotInstalledError, UsageError
 from .inputs import InputSpec
+from .metrics import average_views
 from .modelfile import FAST_EXTRA, ModelFile
 
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
@@ -113,12 +114,6 @@ def network_views(arrays: Sequence[np.ndarray], spec: InputSpec) -> Views:
     """The network inputs for prepared arrays (`Views`); their softmax outputs are averaged per array
     (`average_views`)."""
     return Views(arrays, spec)
-
-
-def average_views(probs: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros((n, probs.shape[1]), np.float64)
-    np.add.at(out, owner, probs)
-    return (out / np.bincount(owner, minlength=n)[:, None]).astype(np.float32)
 
 
 def tta_arrays(x: np.ndarray) -> list[np.ndarray]:

@@ -40,15 +40,24 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int 
     return float(ece)
 
 
+def average_views(probs: np.ndarray, owner: np.ndarray, n: int, dtype: type = np.float32) -> np.ndarray:
+    """Softmax rows of network inputs (V, K) averaged per image (`owner[i]`: the image of input i), as every
+    command combines an image's views (tiles, TTA): (n, K) of `dtype`."""
+    out = np.zeros((n, probs.shape[1]), np.float64)
+    np.add.at(out, owner, probs)
+    return (out / np.bincount(owner, minlength=n)[:, None]).astype(dtype)
+
+
 def softmax_of_views(logits: np.ndarray, owner: np.ndarray, n: int, temperature: float = 1.0) -> np.ndarray:
-    """softmax(logits / temperature) of each network input, averaged over the inputs of each image
-    (`owner[i]`: the image of input i), as every command combines an image's views."""
+    """softmax(logits / temperature) of each network input, averaged per image (`average_views`)."""
     z = np.asarray(logits, np.float64) / temperature
     p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    out = np.zeros((n, p.shape[1]))
-    np.add.at(out, owner, p)
-    return out / np.bincount(owner, minlength=n)[:, None]
+    return average_views(p / p.sum(1, keepdims=True), owner, n, np.float64)  # float32 rounds 1 - 1e-8 to 1
+
+
+def log_loss(probs: np.ndarray, y: Sequence[int]) -> float:
+    """Mean negative log probability of the true class (probabilities clipped at 1e-15)."""
+    return float(-np.log(np.clip(np.asarray(probs)[np.arange(len(y)), y], 1e-15, 1)).mean())
 
 
 # Temperatures searched. Below 1/4 the search only sharpens a model that is already right on (nearly) every
@@ -105,12 +114,11 @@ def fit_temperature(logits: np.ndarray, y: Sequence[int], owner: Sequence[int] |
     if not np.isfinite(logits).all():
         raise ValueError("fit_temperature: the logits hold NaN or infinite values")
 
-    def log_loss(log_t: float) -> float:
-        p = softmax_of_views(logits, owner, len(y), float(np.exp(log_t)))
-        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1)).mean())
+    def loss(log_t: float) -> float:
+        return log_loss(softmax_of_views(logits, owner, len(y), float(np.exp(log_t))), y)
 
     lo, hi = np.log(TEMPERATURE_RANGE)
-    res = minimize_scalar(log_loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-3})
+    res = minimize_scalar(loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-3})
     t = float(np.exp(res.x))
     return TEMPERATURE_RANGE[1] if t > TEMPERATURE_RANGE[1] * (1 - 2e-3) else t  # the search stops short of a bound
 

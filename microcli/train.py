@@ -34,7 +34,7 @@ from .errors import DataError, UsageError
 from .engines import Predictor, Views, average_views, network_views
 from .inference import model_logits, normalize, pick_device, pick_dtype, set_threads
 from .inputs import CROP_WHOLE, InputSpec, detect_channels
-from .metrics import TEMPERATURE_RANGE, confusion_report, fit_temperature, softmax_of_views
+from .metrics import TEMPERATURE_RANGE, confusion_report, fit_temperature, log_loss, softmax_of_views
 from .models import create_model, get_model_info, load_pretrained
 from .options import Fit
 from .parallel import auto_workers
@@ -749,8 +749,7 @@ def validate(model: nn.Module, views: Views, y_val: list[int], spec: InputSpec,
         mine = [part for rank in gathered for part in rank]
     done = dict(mine)
     full = average_views(np.concatenate([done[i] for i in range(len(batches))]), views.owner, len(y_val))
-    y = np.asarray(y_val)
-    return full, float(-np.log(np.clip(full[np.arange(len(y)), y], 1e-15, 1)).mean())
+    return full, log_loss(full, y_val)
 
 
 # Fewer validation images than this fit no temperature: one or two images decide it (a single right one
@@ -791,8 +790,7 @@ def calibrate(path: Path, views: Views, y_val: list[int], env: Runtime, on_event
         on_event(Event("message", text=f"best.pt not calibrated, its softmax is as training left it: {skip}"))
         return None
     t = fit_temperature(logits, y_val, views.owner)
-    before, after = (-np.log(np.clip(softmax_of_views(logits, views.owner, n, temp)[np.arange(n), y_val], 1e-15, 1))
-                     .mean() for temp in (1.0, t))
+    before, after = (log_loss(softmax_of_views(logits, views.owner, n, temp), y_val) for temp in (1.0, t))
     wrong = int((logits.argmax(1) != np.asarray(y_val)[views.owner]).sum())  # views come grouped by shape
     note = (", the lowest searched" if t <= TEMPERATURE_RANGE[0] * 1.002 else
             ": it is not under-confident on these images, and calibration only sharpens" if t == 1.0 else "")
