@@ -540,7 +540,7 @@ def train_decoded(cfg: TrainConfig, data: TrainData, run: RunFolder, env: Runtim
                 try:  # an add-on: the run's model must not be lost to it, nor other ranks left at the barrier
                     temperature = calibrate(run.path / "best.pt", views, y_val, env, on_event)
                 except (RuntimeError, ValueError, OSError) as exc:
-                    on_event(Event("message", text=f"best.pt not calibrated, its softmax is as training left it: "
+                    on_event(Event("message", text=f"calibration failed, best.pt is left as it was: "
                                                    f"{type(exc).__name__}: {exc}"))
             report = final_report(run.path, data.val.items)
     if env.world > 1:
@@ -770,9 +770,9 @@ def calibrate(path: Path, views: Views, y_val: list[int], env: Runtime, on_event
     best.pt. So a model whose validation images are tiled, and a validation part of fewer than
     `MIN_CALIBRATION_IMAGES` images, are left uncalibrated."""
     bundle = load_bundle(path)
-    if "temperature" in bundle.metrics:  # calibrated before (a resumed run whose best.pt stayed): start raw
+    recalibrating = "temperature" in bundle.metrics  # a resumed run whose best.pt stayed: start from the raw one
+    if recalibrating:
         bundle = without_temperature(bundle)
-        save_bundle(bundle, path)
     n = len(y_val)
     skip = (f"only {n} validation image{'s' if n != 1 else ''}, and a temperature takes {MIN_CALIBRATION_IMAGES}"
             if n < MIN_CALIBRATION_IMAGES else
@@ -787,6 +787,8 @@ def calibrate(path: Path, views: Views, y_val: list[int], env: Runtime, on_event
         if not np.isfinite(logits).all():
             skip = "the network gives non-finite outputs on the validation images"
     if skip is not None:
+        if recalibrating:
+            save_bundle(bundle, path)
         on_event(Event("message", text=f"best.pt not calibrated, its softmax is as training left it: {skip}"))
         return None
     t = fit_temperature(logits, y_val, views.owner)
