@@ -188,6 +188,7 @@ def _settle(groups: _Groups, assign: np.ndarray, need: np.ndarray, pinned: np.nd
             in_b = np.flatnonzero((assign == b) & ~pinned)
             hs = np.concatenate([[-1], in_b])  # -1: g moves alone
             m_h = np.vstack([np.zeros((1, member.shape[1]), int), member[in_b]])
+            h_sizes = np.concatenate([[0], groups.sizes[in_b]])
             best = None
             for g in groups.of_class(c):
                 d = assign[g]
@@ -199,7 +200,7 @@ def _settle(groups: _Groups, assign: np.ndarray, need: np.ndarray, pinned: np.nd
                 rest = cost - _shortfall(have[:, [b, d]], need[:, [b, d]], weight[[b, d]])
                 after = (rest + (np.maximum(need[:, b] - new_b, 0) * weight[b]).sum(1)
                          + (np.maximum(need[:, d] - new_d, 0) * weight[d]).sum(1))
-                sizes = groups.sizes[g] + np.concatenate([[0], groups.sizes[in_b]])
+                sizes = groups.sizes[g] + h_sizes
                 i = np.lexsort((hs, sizes, after))[0]
                 key = (int(after[i]), int(sizes[i]), int(g), int(hs[i]))
                 if after[i] < cost and (best is None or key < best[0]):
